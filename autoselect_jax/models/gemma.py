@@ -1,0 +1,237 @@
+"""Gemma (v1) decoder in Flax linen, with an explicit KV cache.
+
+Parameter names follow big_vision / the Gemma library:
+
+  llm/embedder/input_embedding             (V, D), tied with the output layer
+  llm/layers/pre_attention_norm/scale      RMSNorm, applied as x * (1 + scale)
+  llm/layers/attn/q_einsum/w               (H, D, E)     } when Hkv < H
+  llm/layers/attn/kv_einsum/w              (2, Hkv, D, E)}
+  llm/layers/attn/qkv_einsum/w             (3, H, D, E)    when Hkv == H
+  llm/layers/attn/attn_vec_einsum/w        (H, E, D)
+  llm/layers/pre_ffw_norm/scale
+  llm/layers/mlp/gating_einsum             (2, D, F): [0] gate, [1] up (GeGLU)
+  llm/layers/mlp/linear                    (F, D)
+  llm/final_norm/scale
+All `layers/*` arrays carry a leading L (depth) axis: the blocks run under nn.scan.
+
+Axes: B batch, T query positions, S key positions (cache slots), D width,
+H query heads, G query heads per KV head, K KV heads, E head dim, F MLP, V vocab.
+
+The decoder never sees token ids of images: callers hand it any sequence of
+embeddings (B, T, D), explicit positions (B, T) and a boolean attention mask
+(B, T, S). That is what lets a pruned set of visual tokens plug in unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from autoselect_jax.models.config import GemmaConfig
+
+_NEG_INF = -2.0 ** 100  # Large, finite: a fully masked row stays NaN-free.
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every layer: k, v (L, B, S, K, E)."""
+  k: jax.Array
+  v: jax.Array
+
+  @property
+  def size(self) -> int:
+    return self.k.shape[2]
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+    return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x, positions, base: float):
+  """Rotary embedding, halves convention. x: (B, T, H, E), positions: (B, T)."""
+  e = x.shape[-1]
+  freq = base ** (-jnp.arange(0, e, 2, dtype=jnp.float32) / e)  # (E/2,)
+  angle = positions.astype(jnp.float32)[..., None, None] * freq  # (B,T,1,E/2)
+  sin, cos = jnp.sin(angle), jnp.cos(angle)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Einsum(nn.Module):
+  """A weight `w` of a fixed shape, applied with an einsum equation."""
+  shape: tuple[int, ...]
+  fan_in_axis: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, eqn: str, x):
+    std = self.shape[self.fan_in_axis] ** -0.5
+    w = self.param("w", nn.initializers.normal(stddev=std), self.shape)
+    return jnp.einsum(eqn, x, w.astype(self.dtype))
+
+
+class Attention(nn.Module):
+  """Multi-head / multi-query / grouped-query attention with RoPE."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_base: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, mask, k_cache=None, v_cache=None,
+               cache_index=None):
+    """x (B,T,D), positions (B,T), mask (B,T,S) -> y (B,T,D), (k, v).
+
+    Without a cache S = T and the returned k, v (B,T,K,E) are this call's keys
+    and values. With a cache (B,S,K,E) they are written at `cache_index` and the
+    whole updated cache is returned.
+    """
+    d = x.shape[-1]
+    h, kh, e = self.num_heads, self.num_kv_heads, self.head_dim
+    if h == kh:
+      q, k, v = Einsum((3, h, d, e), 2, self.dtype, name="qkv_einsum")(
+          "btd,chde->cbthe", x)
+    else:
+      q = Einsum((h, d, e), 1, self.dtype, name="q_einsum")("btd,hde->bthe", x)
+      k, v = Einsum((2, kh, d, e), 2, self.dtype, name="kv_einsum")(
+          "btd,ckde->cbtke", x)
+    q = apply_rope(q, positions, self.rope_base) * jnp.asarray(
+        e ** -0.5, self.dtype)
+    k = apply_rope(k, positions, self.rope_base)
+    if k_cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype),
+                                              cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype),
+                                              cache_index, axis=1)
+    b, t = q.shape[:2]
+    q = q.reshape(b, t, kh, h // kh, e)  # (B,T,K,G,E)
+    logits = jnp.einsum("btkge,bske->bkgts", q, k.astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(self.dtype))
+    out = out.reshape(b, t, h, e)
+    y = Einsum((h, e, d), 1, self.dtype, name="attn_vec_einsum")(
+        "bthe,hed->btd", out)
+    return y, (k, v)
+
+
+class FeedForward(nn.Module):
+  """GeGLU MLP: gelu_tanh(x W_gate) * (x W_up) W_down."""
+  mlp_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    normal = nn.initializers.normal
+    gating = self.param("gating_einsum", normal(d ** -0.5), (2, d, self.mlp_dim))
+    linear = self.param("linear", normal(self.mlp_dim ** -0.5),
+                        (self.mlp_dim, d))
+    gate, up = jnp.einsum("btd,cdf->cbtf", x, gating.astype(self.dtype))
+    return jnp.einsum("btf,fd->btd", nn.gelu(gate, approximate=True) * up,
+                      linear.astype(self.dtype))
+
+
+class Block(nn.Module):
+  """Pre-norm decoder block, scan-compatible: (x, ...) -> (x, (k, v))."""
+  config: GemmaConfig
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, mask, cache_index, kv):
+    c = self.config
+    k_cache, v_cache = kv if kv is not None else (None, None)
+    y = RMSNorm(c.rms_norm_eps, name="pre_attention_norm")(x)
+    y, new_kv = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base,
+                          self.dtype, name="attn")(
+                              y, positions, mask, k_cache, v_cache, cache_index)
+    x = x + y
+    y = RMSNorm(c.rms_norm_eps, name="pre_ffw_norm")(x)
+    x = x + FeedForward(c.mlp_dim, self.dtype, name="mlp")(y)
+    return x, new_kv
+
+
+class Embedder(nn.Module):
+  vocab_size: int
+  width: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.input_embedding = self.param(
+        "input_embedding", nn.initializers.normal(stddev=1.0),
+        (self.vocab_size, self.width))
+
+  def encode(self, tokens):
+    """(B, T) int -> (B, T, D), scaled by sqrt(D) as Gemma does."""
+    x = jnp.take(self.input_embedding.astype(self.dtype), tokens, axis=0)
+    return x * jnp.asarray(self.width ** 0.5, self.dtype)
+
+  def decode(self, x):
+    """(B, T, D) -> float32 logits (B, T, V) through the tied embedding."""
+    return jnp.einsum("btd,vd->btv", x, self.input_embedding.astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class Gemma(nn.Module):
+  """The decoder: `embed`, `__call__` (blocks + final norm) and `logits`."""
+  config: GemmaConfig
+  dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    c = self.config
+    self.embedder = Embedder(c.vocab_size, c.width, self.dtype)
+    block = nn.remat(Block) if self.remat else Block
+    self.layers = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+        length=c.depth)(c, self.dtype)
+    self.final_norm = RMSNorm(c.rms_norm_eps)
+
+  def embed(self, tokens):
+    return self.embedder.encode(tokens)
+
+  def __call__(self, x, positions, mask, cache: KVCache | None = None,
+               cache_index=None):
+    """Runs the blocks on embeddings.
+
+    Args:
+      x: (B, T, D) input embeddings (text already scaled by sqrt(D)).
+      positions: (B, T) int RoPE positions.
+      mask: (B, T, S) bool, True where query t may attend to key s. S = T
+        without a cache, S = cache size with one.
+      cache: optional KVCache (L, B, S, K, E); this call's keys and values are
+        written at slots [cache_index, cache_index + T).
+      cache_index: int scalar, required with `cache`.
+
+    Returns:
+      (hidden (B, T, D) after the final norm, KVCache): the updated cache, or
+      without an input cache this call's own keys and values (L, B, T, K, E).
+    """
+    b, t, _ = x.shape
+    if positions.shape != (b, t):
+      raise ValueError(f"positions must be {(b, t)}, got {positions.shape}")
+    s = t if cache is None else cache.size
+    if mask.shape != (b, t, s):
+      raise ValueError(f"mask must be {(b, t, s)}, got {mask.shape}")
+    if cache is not None and cache_index is None:
+      raise ValueError("cache_index is required with a cache")
+    kv = None if cache is None else (cache.k, cache.v)
+    index = 0 if cache_index is None else cache_index
+    x, (k, v) = self.layers(x.astype(self.dtype), positions, mask, index, kv)
+    return self.final_norm(x), KVCache(k, v)
+
+  def logits(self, hidden):
+    return self.embedder.decode(hidden)

@@ -1,0 +1,164 @@
+"""PaliGemma = SigLIP + linear projector + Gemma, and the backbone-agnostic `VLM` view.
+
+Sequence layout (as in big_vision and HF): [image tokens][<bos> prefix "\\n"]
+[suffix <eos>][padding]. `input_mask` marks real tokens; `mask_ar` is 1 on
+tokens that attend causally (the suffix) and 0 on the prefix block (image +
+prefix), which attends bidirectionally. Positions count real tokens from 0
+(HF counts from 1; RoPE only sees differences, so logits agree).
+
+Axes: B batch, N visual tokens, T text tokens, S = sequence / cache slots,
+Dv vision width, D LLM width, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from autoselect_jax.models.config import PaliGemmaConfig
+from autoselect_jax.models.gemma import Gemma, KVCache
+from autoselect_jax.models.siglip import SiglipVision
+
+Params = Any
+
+
+def make_attention_mask(input_mask, mask_ar):
+  """Prefix-LM mask, (B, S), (B, S) -> (B, S, S) bool, True = may attend.
+
+  Token i may attend to token j iff j is real and j's causal block index
+  (cumsum of mask_ar) is <= i's. Runs of mask_ar == 0 form one bidirectional
+  block; each mask_ar == 1 token opens a new block (plain causal attention).
+  """
+  blocks = jnp.cumsum(mask_ar, axis=1)
+  allowed = blocks[:, None, :] <= blocks[:, :, None]
+  return allowed & input_mask[:, None, :].astype(bool)
+
+
+def positions_from_mask(input_mask):
+  """(B, S) -> (B, S) int32 positions that count real tokens from 0."""
+  return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+class PaliGemma(nn.Module):
+  config: PaliGemmaConfig
+  dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    c = self.config
+    self.img = SiglipVision(c.vision, c.llm.width, self.dtype, self.remat)
+    self.llm = Gemma(c.llm, self.dtype, self.remat)
+
+  def encode_image(self, images):
+    """(B, H, W, 3) in [-1, 1] -> (B, N, Dv)."""
+    return self.img(images)
+
+  def project(self, x):
+    """(B, N', Dv) -> (B, N', D), for any number N' of visual tokens."""
+    return self.img.project(x)
+
+  def embed_text(self, tokens):
+    """(B, T) int -> (B, T, D)."""
+    return self.llm.embed(tokens)
+
+  def run_llm(self, x, positions, mask, cache=None, cache_index=None):
+    return self.llm(x, positions, mask, cache, cache_index)
+
+  def logits(self, hidden):
+    return self.llm.logits(hidden)
+
+  def __call__(self, images, tokens, input_mask, mask_ar):
+    """Whole-sequence forward: logits (B, N + T, V) for [image; text].
+
+    input_mask, mask_ar: (B, T) for the text; image tokens are always real and
+    part of the bidirectional prefix.
+    """
+    img = self.project(self.encode_image(images))
+    x = jnp.concatenate([img, self.embed_text(tokens).astype(img.dtype)], 1)
+    b, n = img.shape[:2]
+    input_mask = jnp.concatenate(
+        [jnp.ones((b, n), bool), input_mask.astype(bool)], 1)
+    mask_ar = jnp.concatenate([jnp.zeros((b, n), jnp.int32),
+                               mask_ar.astype(jnp.int32)], 1)
+    hidden, _ = self.run_llm(x, positions_from_mask(input_mask),
+                             make_attention_mask(input_mask, mask_ar))
+    return self.logits(hidden)
+
+
+@dataclasses.dataclass(frozen=True)
+class VLM:
+  """What the method, training and inference code may know about a VLM.
+
+  Pure functions of an explicit parameter tree (the inner dict, without the
+  'params' collection key). A new backbone provides the same six functions.
+  """
+  config: PaliGemmaConfig
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @property
+  def module(self) -> PaliGemma:
+    return PaliGemma(self.config, self.dtype, self.remat)
+
+  @property
+  def num_visual_tokens(self) -> int:
+    return self.config.vision.num_tokens
+
+  @property
+  def visual_width(self) -> int:
+    return self.config.vision.width
+
+  @property
+  def llm_width(self) -> int:
+    return self.config.llm.width
+
+  @property
+  def image_size(self) -> int:
+    return self.config.vision.image_size
+
+  def _apply(self, params, method, *args):
+    return self.module.apply({"params": params}, *args, method=method)
+
+  def encode_image(self, params, images):
+    return self._apply(params, PaliGemma.encode_image, images)
+
+  def project(self, params, x):
+    return self._apply(params, PaliGemma.project, x)
+
+  def embed_text(self, params, tokens):
+    return self._apply(params, PaliGemma.embed_text, tokens)
+
+  def run_llm(self, params, x, positions, mask, cache=None, cache_index=None):
+    """-> (hidden (B, T, D), KVCache); see `Gemma.__call__`."""
+    return self._apply(params, PaliGemma.run_llm, x, positions, mask, cache,
+                       cache_index)
+
+  def logits(self, params, hidden):
+    return self._apply(params, PaliGemma.logits, hidden)
+
+  def forward(self, params, images, tokens, input_mask, mask_ar):
+    return self._apply(params, PaliGemma.__call__, images, tokens, input_mask,
+                       mask_ar)
+
+  def _dummy_inputs(self):
+    s = self.image_size
+    return (jnp.zeros((1, s, s, 3), jnp.float32), jnp.zeros((1, 2), jnp.int32),
+            jnp.ones((1, 2), bool), jnp.zeros((1, 2), jnp.int32))
+
+  def init_params(self, rng) -> Params:
+    return self.module.init(rng, *self._dummy_inputs())["params"]
+
+  def abstract_params(self) -> Params:
+    """Shapes and dtypes of the parameter tree, without allocating it."""
+    return jax.eval_shape(self.init_params, jax.random.key(0))
+
+
+def init_cache(config: PaliGemmaConfig, batch: int, size: int,
+               dtype=jnp.float32) -> KVCache:
+  c = config.llm
+  shape = (c.depth, batch, size, c.num_kv_heads, c.head_dim)
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))

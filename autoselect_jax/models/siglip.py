@@ -1,0 +1,133 @@
+"""SigLIP vision encoder (no pooling head) and PaliGemma's linear projector.
+
+Parameter names follow big_vision's ViT, so a big_vision checkpoint maps onto
+this tree one to one:
+
+  img/embedding/{kernel,bias}            patch embedding, kernel (P, P, 3, Dv)
+  img/pos_embedding                      (1, N, Dv), learned
+  img/Transformer/encoderblock/...       Dv blocks stacked on a leading L axis
+  img/Transformer/encoder_norm           final LayerNorm
+  img/head/{kernel,bias}                 the projector Dv -> D (PaliGemma)
+
+Axes: B batch, N visual tokens, Dv vision width, H heads, E head dim, F MLP.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from autoselect_jax.models.config import SiglipConfig
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # (B, N, Dv) -> (B, N, Dv)
+    d = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+    x = nn.gelu(x, approximate=True)
+    return nn.Dense(d, dtype=self.dtype, name="Dense_1")(x)
+
+
+class SelfAttention(nn.Module):
+  """Global multi-head self-attention; logits and softmax in float32."""
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    """x: (B, N, Dv); mask: optional bool (B, N, N), True = may attend."""
+    d = x.shape[-1]
+    e = d // self.num_heads
+    dense = lambda name: nn.DenseGeneral((self.num_heads, e), dtype=self.dtype,
+                                         name=name)
+    q = dense("query")(x) * jnp.asarray(e ** -0.5, self.dtype)  # (B,N,H,E)
+    k, v = dense("key")(x), dense("value")(x)
+    logits = jnp.einsum("bqhe,bkhe->bhqk", q, k,
+                        preferred_element_type=jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask[:, None], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhe->bqhe", probs, v)
+    return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+
+
+_NEG_INF = -2.0 ** 100  # Large, finite: a fully masked row stays NaN-free.
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN Transformer encoder block; scan-compatible (carry, None)."""
+  num_heads: int
+  mlp_dim: int
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    y = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="LayerNorm_0")(x)
+    y = SelfAttention(self.num_heads, self.dtype,
+                      name="MultiHeadDotProductAttention_0")(y, mask)
+    x = x + y
+    y = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="LayerNorm_1")(x)
+    y = MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
+    return x + y, None
+
+
+class Encoder(nn.Module):
+  """`depth` blocks under nn.scan (params stacked on axis 0), then a LayerNorm."""
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    block = nn.remat(Encoder1DBlock) if self.remat else Encoder1DBlock
+    stack = nn.scan(block, variable_axes={"params": 0},
+                    split_rngs={"params": True}, in_axes=nn.broadcast,
+                    length=self.depth)
+    x, _ = stack(self.num_heads, self.mlp_dim, self.eps, self.dtype,
+                 name="encoderblock")(x, mask)
+    return nn.LayerNorm(epsilon=self.eps, dtype=self.dtype,
+                        name="encoder_norm")(x)
+
+
+class SiglipVision(nn.Module):
+  """Images (B, H, W, 3) in [-1, 1] -> tokens (B, N, Dv); `project` -> (B, N, D)."""
+  config: SiglipConfig
+  out_dim: int  # LLM width, for the projector `head`.
+  dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    c = self.config
+    self.embedding = nn.Conv(c.width, (c.patch_size, c.patch_size),
+                             strides=(c.patch_size, c.patch_size),
+                             padding="VALID", dtype=self.dtype)
+    self.pos_embedding = self.param(
+        "pos_embedding", nn.initializers.normal(stddev=c.width ** -0.5),
+        (1, c.num_tokens, c.width))
+    self.Transformer = Encoder(c.depth, c.num_heads, c.mlp_dim,
+                               c.layer_norm_eps, self.dtype, self.remat)
+    self.head = nn.Dense(self.out_dim, dtype=self.dtype)
+
+  def __call__(self, images):
+    """(B, H, W, 3) -> (B, N, Dv): the encoder output after its final LayerNorm."""
+    c = self.config
+    if images.ndim != 4 or images.shape[1:] != (c.image_size, c.image_size, 3):
+      raise ValueError(f"images must have shape (B, {c.image_size}, "
+                       f"{c.image_size}, 3), got {images.shape}")
+    x = self.embedding(images.astype(self.dtype))  # (B, g, g, Dv)
+    b = x.shape[0]
+    x = x.reshape(b, -1, c.width) + self.pos_embedding.astype(self.dtype)
+    return self.Transformer(x)
+
+  def project(self, x):
+    """(B, N, Dv) -> (B, N, D): PaliGemma's linear projector."""
+    return self.head(x)
