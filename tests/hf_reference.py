@@ -40,11 +40,14 @@ def train_tokenizer(folder: str, vocab_size: int = 200) -> None:
 def build_hf_paligemma(folder: str, *, image_size=32, patch_size=8,
                        vision_width=32, vision_depth=2, vision_heads=4,
                        vision_mlp=48, width=32, depth=2, heads=4, kv_heads=1,
-                       head_dim=8, mlp=64, seed=0):
+                       head_dim=8, mlp=64, embed_std=0.1, branch_scale=3.0,
+                       seed=0):
   """Saves a random HF PaliGemma + processor to `folder`; returns (model, processor).
 
   Every parameter is re-drawn (HF initialises RMSNorm weights to zero, which
-  would hide a wrong (1 + w)), so a parity test sees every tensor.
+  would hide a wrong (1 + w)), so a parity test sees every tensor. Small token
+  embeddings and amplified residual branches (o_proj, down_proj) keep greedy
+  decoding from repeating its last token, so generation tests see real paths.
   """
   import torch
   from transformers import (GemmaTokenizer, PaliGemmaConfig,
@@ -88,10 +91,11 @@ def build_hf_paligemma(folder: str, *, image_size=32, patch_size=8,
       elif p.ndim == 1:
         p.copy_(0.1 * torch.randn_like(p))
       elif "embed_tokens" in name:
-        p.copy_(torch.randn_like(p))
+        p.copy_(embed_std * torch.randn_like(p))
       else:
         fan_in = int(np.prod(p.shape[1:]))
-        p.copy_(torch.randn_like(p) * fan_in ** -0.5)
+        scale = branch_scale if ("o_proj" in name or "down_proj" in name) else 1
+        p.copy_(torch.randn_like(p) * scale * fan_in ** -0.5)
   model.save_pretrained(folder)
   processor.save_pretrained(folder)
   return model, processor

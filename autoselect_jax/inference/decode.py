@@ -1,0 +1,123 @@
+"""KV-cache prefill and greedy decoding over any prefix of embeddings.
+
+The decoder is fed [visual embeddings (B, K, D) ; text (B, T)] with explicit
+positions, so the full model (K = N) and a pruned one (K < N) share this code.
+Text is right-padded; generated tokens are appended at shared cache slots
+L, L+1, ... (L = K + T) while each example's positions continue from its own
+last real token, and the cache mask hides the padding in between.
+
+Axes: B batch, K visual tokens, T text, L = K + T prefix length,
+S = L + max_new_tokens cache slots, D width, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from autoselect_jax.models import KVCache, VLM, make_attention_mask
+
+
+class Prefix(NamedTuple):
+  """Everything the LLM sees before decoding."""
+  x: jax.Array           # (B, L, D) embeddings
+  positions: jax.Array   # (B, L) int32
+  input_mask: jax.Array  # (B, L) bool
+  mask_ar: jax.Array     # (B, L) int32
+
+
+def build_prefix(vlm: VLM, params, visual, visual_positions, tokens,
+                 input_mask, mask_ar, text_start=None) -> Prefix:
+  """[visual (B,K,D) projected ; text (B,T)] with positions.
+
+  Text positions continue from `text_start` (B,) or, by default, from
+  max(visual_positions) + 1, counting real text tokens only.
+  """
+  b, k = visual.shape[:2]
+  text = vlm.embed_text(params, tokens).astype(visual.dtype)
+  if text_start is None:
+    text_start = jnp.max(visual_positions, axis=1) + 1
+  text_pos = text_start[:, None] + jnp.maximum(
+      jnp.cumsum(input_mask.astype(jnp.int32), axis=1) - 1, 0)
+  return Prefix(
+      x=jnp.concatenate([visual, text], axis=1),
+      positions=jnp.concatenate([visual_positions, text_pos], 1).astype(
+          jnp.int32),
+      input_mask=jnp.concatenate([jnp.ones((b, k), bool),
+                                  input_mask.astype(bool)], 1),
+      mask_ar=jnp.concatenate([jnp.zeros((b, k), jnp.int32),
+                               mask_ar.astype(jnp.int32)], 1))
+
+
+def prefill(vlm: VLM, params, prefix: Prefix, cache_size: int):
+  """Runs the prefix; returns (last-token logits (B, V), cache, cache_mask, last_pos)."""
+  b, l = prefix.input_mask.shape
+  if cache_size < l:
+    raise ValueError(f"cache_size={cache_size} is smaller than the prefix "
+                     f"length {l}")
+  mask = make_attention_mask(prefix.input_mask, prefix.mask_ar)
+  hidden, kv = vlm.run_llm(params, prefix.x, prefix.positions, mask)
+  pad = [(0, 0), (0, 0), (0, cache_size - l), (0, 0), (0, 0)]
+  cache = KVCache(jnp.pad(kv.k, pad), jnp.pad(kv.v, pad))
+  cache_mask = jnp.pad(prefix.input_mask, [(0, 0), (0, cache_size - l)])
+  last = l - 1 - jnp.argmax(prefix.input_mask[:, ::-1], axis=1)  # (B,)
+  h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
+  logits = vlm.logits(params, h_last)[:, 0]
+  last_pos = jnp.take_along_axis(prefix.positions, last[:, None], 1)[:, 0]
+  return logits, cache, cache_mask, last_pos
+
+
+def extend(vlm: VLM, params, token, position, cache: KVCache, cache_mask,
+           index):
+  """One decode step: token (B,), position (B,) written at slot `index`."""
+  x = vlm.embed_text(params, token[:, None])
+  cache_mask = jax.lax.dynamic_update_slice_in_dim(
+      cache_mask, jnp.ones((token.shape[0], 1), bool), index, axis=1)
+  hidden, cache = vlm.run_llm(params, x, position[:, None],
+                              cache_mask[:, None, :], cache, index)
+  return vlm.logits(params, hidden)[:, 0], cache, cache_mask
+
+
+@functools.partial(jax.jit, static_argnames=("vlm", "max_new_tokens"))
+def greedy_decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int,
+                  eos_id, pad_id):
+  """Greedy tokens (B, max_new_tokens); after <eos> an example emits pad.
+
+  Stops early once every example has emitted <eos>.
+  """
+  b, l = prefix.input_mask.shape
+  logits, cache, cache_mask, pos = prefill(vlm, params, prefix,
+                                           l + max_new_tokens)
+  out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
+  done = jnp.zeros((b,), bool)
+
+  def cond(state):
+    t, _, _, _, _, _, done = state
+    return (t < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    t, logits, cache, cache_mask, pos, out, done = state
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    token = jnp.where(done, pad_id, token)
+    out = out.at[:, t].set(token)
+    done = done | (token == eos_id)
+    pos = pos + 1
+    logits, cache, cache_mask = extend(vlm, params, token, pos, cache,
+                                       cache_mask, l + t)
+    return t + 1, logits, cache, cache_mask, pos, out, done
+
+  state = (jnp.int32(0), logits, cache, cache_mask, pos, out, done)
+  return jax.lax.while_loop(cond, body, state)[5]
+
+
+def full_prefix(vlm: VLM, params, images, tokens, input_mask,
+                mask_ar) -> Prefix:
+  """The unpruned model's prefix: all N visual tokens at positions 0..N-1."""
+  visual = vlm.project(params, vlm.encode_image(params, images))
+  b, n = visual.shape[:2]
+  positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  return build_prefix(vlm, params, visual, positions, tokens, input_mask,
+                      mask_ar)

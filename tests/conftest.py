@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random HF PaliGemmas and their converted checkpoints."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+# The parity references: MQA (Gemma-2B's layout), GQA and MHA (qkv_einsum).
+HF_VARIANTS = {"mqa": dict(kv_heads=1), "gqa": dict(kv_heads=2),
+               "mha": dict(kv_heads=4)}
+
+
+@pytest.fixture(scope="session")
+def hf_factory(tmp_path_factory):
+  """name -> (folder, HF model, HF processor, converted checkpoint folder)."""
+  cache = {}
+
+  def make(name="mqa"):
+    if name not in cache:
+      import hf_reference
+      from autoselect_jax import convert
+      root = tmp_path_factory.mktemp(f"hf_{name}")
+      folder = str(root / "hf")
+      model, processor = hf_reference.build_hf_paligemma(
+          folder, **HF_VARIANTS[name])
+      ckpt = str(root / "ckpt")
+      convert.convert_hf(folder, ckpt)
+      cache[name] = (folder, model, processor, ckpt)
+    return cache[name]
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def hf_mqa(hf_factory):
+  return hf_factory("mqa")
