@@ -134,6 +134,14 @@ VARIANTS: dict[str, PaliGemmaConfig] = {
         llm=GemmaConfig(vocab_size=320, width=32, depth=2, num_heads=4,
                         num_kv_heads=2, head_dim=8, mlp_dim=64),
         image_token_id=319, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    # The embedded demo's frozen VLM (autoselect_jax/demo): 64 px shapes
+    # images, 64 visual tokens, the demo tokenizer's 102 ids (<image> last).
+    "demo": PaliGemmaConfig(
+        vision=SiglipConfig(image_size=64, patch_size=8, width=128, depth=2,
+                            num_heads=4, mlp_dim=256),
+        llm=GemmaConfig(vocab_size=102, width=128, depth=2, num_heads=4,
+                        num_kv_heads=1, head_dim=32, mlp_dim=256),
+        image_token_id=101, bos_token_id=2, eos_token_id=1, pad_token_id=0),
 }
 
 
