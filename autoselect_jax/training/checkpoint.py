@@ -1,0 +1,76 @@
+"""Training checkpoints (Orbax): trainable params, optimizer state, step, RNG
+and every process's data-iterator state, saved together.
+
+Orbax writes each step into a temporary folder and renames it when complete,
+so a run killed at any moment restarts from the latest complete step; the
+data iterator resumes exactly where that step's batches ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import grain.python as grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class TrainCheckpointer:
+  """Saves every `every` steps (and on demand), keeps the last `keep`."""
+
+  def __init__(self, directory: str, *, keep: int = 3,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save,
+        create=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.PyGrainCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator, *,
+           force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=grain.PyGrainCheckpointSave(data_iterator))
+    return self.manager.save(step, args=args, force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator):
+    """Restores `state` (matching `abstract_state`'s shapes, dtypes and
+    shardings) and sets `data_iterator` in place."""
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.PyGrainCheckpointRestore(data_iterator))
+    restored = self.manager.restore(step, args=args)
+    logging.info("restored step %d from %s", step, self.directory)
+    return restored["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+SCORER_CONFIG = "scorer_config.json"
+
+
+def export_scorer(out_dir: str, scorer_params, scorer_config: dict) -> None:
+  """Writes the trained Scorer alone (small) for inference, atomically."""
+  from autoselect_jax.checkpoints.store import atomic_directory
+  params = jax.device_get(scorer_params)
+  if jax.process_index() != 0:
+    return
+  with atomic_directory(out_dir) as tmp:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, "params"), params)
+      ckptr.wait_until_finished()
+    with open(os.path.join(tmp, SCORER_CONFIG), "w") as f:
+      json.dump(scorer_config, f, indent=2)
