@@ -1,0 +1,1 @@
+"""The embedded demo: synthetic shapes task, its tiny frozen VLM, evaluation."""

@@ -1,0 +1,206 @@
+"""Caption exact match of a frozen VLM when only K visual tokens reach the LLM.
+
+A selection function picks the tokens:
+
+  select_fn(features (B, N, Dv), rng, k, ctx) -> indices (B, k) int32, sorted
+  ascending, distinct.
+
+`ctx` is a dict of arrays passed into the jitted evaluation: the per-example
+"object_mask" (B, N) bool (the oracle's knowledge) plus whatever `context` the
+caller hands `evaluate` (e.g. a learned Scorer's parameters), so selection
+functions stay static and nothing is baked into the compiled program.
+AutoSelect plugs in as `scores_selection(lambda f, ctx: scorer(ctx[...], f))`.
+
+Kept tokens keep their index in the full grid as position (METHOD.md's
+`original` policy) and text positions start at N, as in the full model.
+Metric: teacher-forced exact match: an example scores 1 iff the argmax at
+every suffix position equals the target token (caption and <eos>).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autoselect_jax.data import synthetic
+from autoselect_jax.data.processor import Processor
+from autoselect_jax.demo import data as demo_data
+from autoselect_jax.inference.decode import build_prefix
+from autoselect_jax.models import VLM, make_attention_mask
+
+SelectFn = Callable[[jax.Array, jax.Array, int, Mapping[str, Any]], jax.Array]
+
+
+# --- selection functions ------------------------------------------------------
+def top_k_sorted(scores, k: int):
+  """(B, N) scores -> (B, k) int32 indices of the k largest, ascending."""
+  if not 0 < k <= scores.shape[-1]:
+    raise ValueError(f"k={k} must be in [1, {scores.shape[-1]}]")
+  return jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1).astype(jnp.int32)
+
+
+def full_selection(features, rng, k, ctx):
+  """Every token (k must equal N)."""
+  del rng, ctx
+  b, n = features.shape[:2]
+  if k != n:
+    raise ValueError(f"full_selection keeps all N={n} tokens, got k={k}")
+  return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+
+
+def random_selection(features, rng, k, ctx):
+  """k tokens uniformly at random, independently per example."""
+  del ctx
+  return top_k_sorted(jax.random.uniform(rng, features.shape[:2]), k)
+
+
+def oracle_selection(features, rng, k, ctx):
+  """The object tokens (a random subset if k is smaller), then random fill."""
+  mask = ctx["object_mask"]
+  if mask.shape != features.shape[:2]:
+    raise ValueError(f"object_mask {mask.shape} does not match features "
+                     f"{features.shape[:2]}")
+  noise = jax.random.uniform(rng, mask.shape)
+  return top_k_sorted(mask.astype(jnp.float32) * 2.0 + noise, k)
+
+
+def scores_selection(score_fn: Callable[[jax.Array, Mapping[str, Any]],
+                                        jax.Array]) -> SelectFn:
+  """Top-k of score_fn(features, ctx) (B, N): e.g. a learned Scorer.
+
+  Build it once and reuse the returned function: it is the jit cache key.
+  """
+  def select(features, rng, k, ctx):
+    del rng
+    return top_k_sorted(score_fn(features, ctx), k)
+  return select
+
+
+# --- evaluation ---------------------------------------------------------------
+def keep_tokens(vlm: VLM, params, features, idx):
+  """Gathers kept tokens (B, k, Dv) by idx (B, k) and projects -> (B, k, D)."""
+  kept = jnp.take_along_axis(features, idx[..., None], axis=1)
+  return vlm.project(params, kept)
+
+
+def teacher_forced_match(vlm: VLM, params, visual, visual_positions, tokens,
+                         input_mask, mask_ar, loss_mask, num_visual: int):
+  """bool (B,): every target token is the argmax given the true history.
+
+  visual: (B, K, D) projected; visual_positions (B, K); text (B, T); text
+  positions start at `num_visual` (N of the full grid).
+  """
+  b, k = visual.shape[:2]
+  prefix = build_prefix(vlm, params, visual, visual_positions, tokens,
+                        input_mask, mask_ar,
+                        text_start=jnp.full((b,), num_visual, jnp.int32))
+  mask = make_attention_mask(prefix.input_mask, prefix.mask_ar)
+  hidden, _ = vlm.run_llm(params, prefix.x, prefix.positions, mask)
+  t = tokens.shape[1]
+  # Sequence position k + j - 1 predicts text token j.
+  logits = vlm.logits(params, hidden[:, k - 1:k + t - 1])
+  ok = (jnp.argmax(logits, axis=-1) == tokens) | ~loss_mask
+  return jnp.all(ok, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("vlm", "select_fn", "k"))
+def _match_batch(vlm: VLM, params, batch, rng, ctx, *, select_fn, k):
+  features = vlm.encode_image(params, demo_data.scale_images(batch["images"]))
+  n = features.shape[1]
+  idx = select_fn(features, rng, k, ctx)
+  visual = keep_tokens(vlm, params, features, idx)
+  match = teacher_forced_match(vlm, params, visual, idx, batch["tokens"],
+                               batch["input_mask"], batch["mask_ar"],
+                               batch["loss_mask"], n)
+  return match, idx
+
+
+def _check_indices(idx: np.ndarray, b: int, k: int, n: int) -> None:
+  if idx.shape != (b, k):
+    raise ValueError(f"selection returned shape {idx.shape}, want {(b, k)}")
+  if idx.min() < 0 or idx.max() >= n:
+    raise ValueError(f"selection returned indices outside [0, {n})")
+  if k > 1 and not (np.diff(idx, axis=1) > 0).all():
+    raise ValueError("selection must return distinct indices sorted ascending")
+
+
+def exact_match(vlm: VLM, params, arrays: Mapping[str, np.ndarray],
+                select_fn: SelectFn, k: int | None = None, *,
+                batch_size: int = 250, seed: int = 0,
+                context: Mapping[str, Any] | None = None) -> np.ndarray:
+  """bool (num_examples,) exact match over `encode_examples` arrays."""
+  n = vlm.num_visual_tokens
+  k = n if k is None else int(k)
+  if not 0 < k <= n:
+    raise ValueError(f"k={k} must be in [1, {n}]")
+  total = len(arrays["tokens"])
+  keys = ("images", "tokens", "input_mask", "mask_ar", "loss_mask")
+  rng = jax.random.key(seed)
+  out = []
+  for i, start in enumerate(range(0, total, batch_size)):
+    stop = min(start + batch_size, total)
+    # Pad the last batch to a full one (repeating example 0): one program.
+    take = np.concatenate([np.arange(start, stop),
+                           np.zeros(batch_size - (stop - start), int)])
+    batch = {key: arrays[key][take] for key in keys}
+    ctx = {"object_mask": arrays["object_mask"][take], **(context or {})}
+    match, idx = _match_batch(vlm, params, batch, jax.random.fold_in(rng, i),
+                              ctx, select_fn=select_fn, k=k)
+    if i == 0:
+      _check_indices(np.asarray(idx), batch_size, k, n)
+    out.append(np.asarray(match)[:stop - start])
+  return np.concatenate(out)
+
+
+def evaluate(vlm: VLM, params, processor: Processor,
+             examples: Sequence[synthetic.Example], select_fn: SelectFn,
+             k: int | None = None, *, batch_size: int = 250, seed: int = 0,
+             context: Mapping[str, Any] | None = None,
+             prompt: str = demo_data.PROMPT) -> float:
+  """Caption exact match in [0, 1] with k tokens (default N) per image."""
+  arrays = demo_data.encode_examples(examples, processor, prompt=prompt)
+  return float(exact_match(vlm, params, arrays, select_fn, k,
+                           batch_size=batch_size, seed=seed,
+                           context=context).mean())
+
+
+BASELINES: dict[str, SelectFn] = {"oracle": oracle_selection,
+                                  "random": random_selection}
+
+
+def selection_table(vlm: VLM, params, processor: Processor,
+                    examples: Sequence[synthetic.Example], ks: Sequence[int],
+                    methods: Mapping[str, SelectFn | tuple] | None = None, *,
+                    batch_size: int = 250, seed: int = 0
+                    ) -> dict[str, dict[int, float]]:
+  """{"full": {k: acc}, method: {k: acc}} for every k in ks.
+
+  methods: name -> select_fn or (select_fn, context); default BASELINES.
+  The full model (all N tokens) is evaluated once and repeated per k.
+  """
+  arrays = demo_data.encode_examples(examples, processor)
+  run = lambda fn, k, ctx=None: float(exact_match(
+      vlm, params, arrays, fn, k, batch_size=batch_size, seed=seed,
+      context=ctx).mean())
+  full = run(full_selection, None)
+  table = {"full": {k: full for k in ks}}
+  for name, method in (BASELINES if methods is None else methods).items():
+    fn, ctx = method if isinstance(method, tuple) else (method, None)
+    table[name] = {k: run(fn, k, ctx) for k in ks}
+  return table
+
+
+def format_table(table: Mapping[str, Mapping[int, float]], n: int) -> str:
+  """Markdown table: one row per method, one column per k."""
+  ks = list(next(iter(table.values())))
+  lines = ["| method | " + " | ".join(f"K={k}" for k in ks) + " |",
+           "|---|" + "---|" * len(ks)]
+  for name, row in table.items():
+    label = f"{name} ({n} tokens)" if name == "full" else name
+    lines.append(f"| {label} | " + " | ".join(f"{row[k]:.3f}" for k in ks)
+                 + " |")
+  return "\n".join(lines)
