@@ -38,6 +38,15 @@ def main(argv) -> None:
   except (ConfigError, FileNotFoundError) as e:
     print(f"train: error: {e}", file=sys.stderr)
     sys.exit(2)
+  import jax
+  import numpy as np
+  params = jax.device_get(result["state"]["params"])
+  checksum = sum(float(np.abs(x).astype(np.float64).sum())
+                 for x in jax.tree_util.tree_leaves(params))
+  print(f"process {jax.process_index()}/{jax.process_count()}: finished at "
+        f"step {result['step']}, last train loss "
+        f"{result['train_metrics'].get('loss', float('nan')):.6f}, "
+        f"trainable |params| sum {checksum:.6f}", flush=True)
   if config.demo.enabled:
     from autoselect_jax.demo import run as demo_run
     demo_run.report(config, _WORKDIR.value, result)

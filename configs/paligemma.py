@@ -79,6 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
 
+  c.debug_step_delay = 0.0   # Seconds to pause after each step (tests only).
+
   c.demo = ml_collections.ConfigDict()
   c.demo.enabled = False
   return c

@@ -3,6 +3,7 @@ before any weights are read or anything is compiled."""
 
 from __future__ import annotations
 
+import glob
 import os
 
 import ml_collections
@@ -82,6 +83,12 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int,
     need(c.data.train_path, "data.train_path is not set: pass "
          "--config.data.train_path=FILE (JSONL manifest or Parquet glob), or "
          "run the self-contained demo: --config configs/demo.py")
+    for field in ("train_path", "val_path"):
+      path = c.data[field]
+      if path:
+        found = (glob.glob(path) if c.data.source == "parquet"
+                 else os.path.isfile(path))
+        need(found, f"data.{field}={path} does not exist")
 
 
 def validate_budget(c: ml_collections.ConfigDict, num_visual_tokens: int):

@@ -43,6 +43,8 @@ def maybe_initialize_distributed(c: ml_collections.ConfigDict) -> None:
   if d.initialize == "no" or (d.initialize == "auto" and not env
                               and not d.coordinator_address):
     return
+  # CPU processes need a collectives backend; it has no effect on GPU/TPU.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
   if d.coordinator_address:
     kwargs = dict(coordinator_address=d.coordinator_address,
@@ -211,7 +213,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
              f"training AutoSelect K={','.join(map(str, ks))} for {steps} "
              f"steps (batch {global_batch}, {mesh.size} devices, "
              f"{jax.process_count()} processes)")
-  best, bad_evals, last_val = math.inf, 0, None
+  best, bad_evals, last_val, last_train = math.inf, 0, None, {}
   window, t0, n_ex = [], time.time(), 0
   step = start
   stopped_early = False
@@ -219,6 +221,8 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
     batch = shd.global_batch(next(iterator), mesh)
     state, metrics = step_fn(state, setup.frozen, batch)
     step += 1
+    if c.debug_step_delay:  # Testing aid: widens the window for kill tests.
+      time.sleep(c.debug_step_delay)
     window.append(metrics)
     n_ex += global_batch
     if step % c.log_every == 0 or step == steps:
@@ -229,6 +233,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
       dt = time.time() - t0
       avg.update(steps_per_s=len(m) / dt, examples_per_s=n_ex / dt)
       writer.write(step, avg)
+      last_train = avg
       window, t0, n_ex = [], time.time(), 0
     if val_src is not None and (step % c.eval_every == 0 or step == steps):
       last_val = evaluate_loss(c, setup, eval_fn, state["params"], val_src)
@@ -252,6 +257,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
                   obj.scorer_export_config(setup.ckpt_dir))
   writer.close()
   return {"step": step, "state": state, "setup": setup, "val_loss": last_val,
+          "train_metrics": last_train,
           "scorer_dir": scorer_dir, "stopped_early": stopped_early}
 
 
