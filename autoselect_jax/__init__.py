@@ -1,0 +1,17 @@
+"""autoselect_jax: AutoSelect visual-token pruning for VLMs, in JAX / Flax.
+
+The method's pieces are exported here (no transformers / torch import).
+"""
+
+from autoselect_jax.method import (AutoSelect, Denoiser, POSITION_POLICIES,
+                                   PrunedSequence, Scorer,
+                                   build_pruned_sequence, count_params,
+                                   gather_tokens, inference_logits,
+                                   kept_positions, laplace_cdf, select_topk,
+                                   soft_topk, tau_schedule, train_loss,
+                                   vp_noise_gate)
+
+__all__ = ["AutoSelect", "Denoiser", "POSITION_POLICIES", "PrunedSequence",
+           "Scorer", "build_pruned_sequence", "count_params", "gather_tokens",
+           "inference_logits", "kept_positions", "laplace_cdf", "select_topk",
+           "soft_topk", "tau_schedule", "train_loss", "vp_noise_gate"]
