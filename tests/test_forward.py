@@ -105,8 +105,10 @@ def test_train_gradients_and_frozen_params(setup):
   method, params, frozen, images, text = setup
   k = 4
 
+  feats = jax.jit(method.vlm.encode_image)(frozen, images)
+
   def loss_fn(p, f, delta):
-    x = encode(method, f, images)
+    x = encode(method, f, feats)
     s = method.scorer.apply({"params": p["scorer"]}, x) + delta
     return loss_from_scores(method, p, f, x, s, text, jax.random.key(4), k,
                             2.0)
@@ -143,7 +145,7 @@ def test_param_count_of_the_tiny_config():
                    Denoiser(num_heads=4))
   d, f = 32, 128
   block = 2 * 2 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)
-  scorer = 2 * block + 2 * d + (d + 1)
+  scorer = 2 * block + 2 * d + d             # head without bias
   denoiser = block - 2 * (d * d + d)            # no query / key
   assert (c["scorer"], c["denoiser"]) == (scorer, denoiser)
   assert c["total"] == scorer + denoiser and c["vlm"] > 0

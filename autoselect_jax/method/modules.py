@@ -96,9 +96,9 @@ class Scorer(nn.Module):
   """Per-token importance logits from the visual tokens alone.
 
   (B, N, Dv) -> float32 logits (B, N). `num_layers` pre-LN encoder blocks with
-  global self-attention, a final LayerNorm and a linear head. No positional
-  embedding: permuting the tokens permutes the logits. `width=None` keeps the
-  input width Dv; another width adds a linear input projection Dv -> width.
+  global self-attention, a final LayerNorm and a bias-free linear head. No
+  positional embedding: permuting the tokens permutes the logits. `width=None`
+  keeps the input width Dv; another width adds a linear input projection.
   """
   num_layers: int = 2
   width: Optional[int] = None
@@ -120,7 +120,9 @@ class Scorer(nn.Module):
       x = Block(self.num_heads, self.mlp_ratio, eps=self.eps, dtype=self.dtype,
                 name=f"block_{i}")(x)
     x = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="final_norm")(x)
-    logits = nn.Dense(1, dtype=self.dtype, name="head")(x)   # (B, N, 1)
+    # No bias: top-K and soft top-K ignore a shift shared by all tokens, so a
+    # bias would get exactly zero gradient.
+    logits = nn.Dense(1, use_bias=False, dtype=self.dtype, name="head")(x)
     return logits[..., 0].astype(jnp.float32)
 
 
