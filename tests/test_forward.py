@@ -80,7 +80,8 @@ def _suffix_ce(logits, text, n):
     for j in range(tok.shape[1]):
       if lm[b, j]:
         row = logits[b, n + j - 1]
-        total += np.log(np.exp(row - row.max()).sum()) + row.max() - row[tok[b, j]]
+        top = row.max()
+        total += np.log(np.exp(row - top).sum()) + top - row[tok[b, j]]
         count += 1
   return total / count, count
 

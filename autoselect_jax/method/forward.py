@@ -36,7 +36,8 @@ from autoselect_jax.models.paligemma import (make_attention_mask,
                                              positions_from_mask)
 
 __all__ = ["AutoSelect", "PrunedSequence", "encode", "scores",
-           "train_loss", "loss_from_scores", "build_pruned_sequence", "inference_logits",
+           "train_loss", "loss_from_scores", "build_pruned_sequence",
+           "inference_logits",
            "count_params"]
 
 Params = Any
