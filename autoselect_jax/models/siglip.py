@@ -98,6 +98,28 @@ class Encoder(nn.Module):
                         name="encoder_norm")(x)
 
 
+class PatchEmbed(nn.Module):
+  """Non-overlapping P x P patches -> Dv: a stride-P convolution written as
+  one matmul over flattened patches (same `kernel` (P, P, 3, Dv) and `bias`
+  as nn.Conv; much faster than a convolution on CPU, same on accelerators)."""
+  width: int
+  patch_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):  # (B, H, W, 3) -> (B, N, Dv), row-major patches.
+    p = self.patch_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(
+        in_axis=(0, 1, 2), out_axis=3), (p, p, 3, self.width))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.width,))
+    b, h, w, c = images.shape
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, (h // p) * (w // p), p * p * c)
+    y = jnp.einsum("bnk,kd->bnd", x, kernel.reshape(p * p * c, self.width)
+                   .astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 class SiglipVision(nn.Module):
   """Images (B, H, W, 3) in [-1, 1] -> tokens (B, N, Dv); `project` -> (B, N, D)."""
   config: SiglipConfig
@@ -107,9 +129,7 @@ class SiglipVision(nn.Module):
 
   def setup(self):
     c = self.config
-    self.embedding = nn.Conv(c.width, (c.patch_size, c.patch_size),
-                             strides=(c.patch_size, c.patch_size),
-                             padding="VALID", dtype=self.dtype)
+    self.embedding = PatchEmbed(c.width, c.patch_size, self.dtype)
     self.pos_embedding = self.param(
         "pos_embedding", nn.initializers.normal(stddev=c.width ** -0.5),
         (1, c.num_tokens, c.width))
@@ -123,9 +143,8 @@ class SiglipVision(nn.Module):
     if images.ndim != 4 or images.shape[1:] != (c.image_size, c.image_size, 3):
       raise ValueError(f"images must have shape (B, {c.image_size}, "
                        f"{c.image_size}, 3), got {images.shape}")
-    x = self.embedding(images.astype(self.dtype))  # (B, g, g, Dv)
-    b = x.shape[0]
-    x = x.reshape(b, -1, c.width) + self.pos_embedding.astype(self.dtype)
+    x = self.embedding(images.astype(self.dtype))  # (B, N, Dv)
+    x = x + self.pos_embedding.astype(self.dtype)
     return self.Transformer(x)
 
   def project(self, x):
