@@ -46,7 +46,7 @@ def get_config():
   d.num_eval = 500        # Held-out images for the final table.
   d.num_val = 256         # Validation loss during training.
   d.budgets = "4,8,16"
-  d.pretrain_steps = 600
+  d.pretrain_steps = 1000
   d.pretrain_batch_size = 64
   d.pretrain_lr = 2e-3
   d.pretrain_seed = 0

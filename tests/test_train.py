@@ -106,6 +106,7 @@ def test_eight_devices_match_one(hf_mqa, dataset, tmp_path):
     np.testing.assert_array_equal(got[k], final[k])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_params(hf_mqa, dataset, tmp_path):
   ckpt = hf_mqa[3]
   ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
@@ -204,3 +205,28 @@ def test_cli_rejects_unknown_keys_and_missing_paths(hf_mqa, dataset, tmp_path):
                      env=_env(), cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 2 and "/nonexistent.jsonl does not exist" in r.stderr
   assert not os.path.exists(tmp_path / "w" / "checkpoints" / "1")
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_shortened(tmp_path):
+  """configs/demo.py in miniature: pre-train (then cache), train, report."""
+  workdir = str(tmp_path / "demo")
+  args = ["-m", "autoselect_jax.train", "--config",
+          os.path.join(REPO, "configs/demo.py"), "--workdir", workdir,
+          "--config.demo.pretrain_steps=3", "--config.demo.num_train=256",
+          "--config.demo.pretrain_batch_size=16", "--config.batch_size=16",
+          "--config.num_steps=3", "--config.log_every=1",
+          "--config.eval_every=3", "--config.eval_batches=1",
+          "--config.demo.num_val=32", "--config.demo.num_eval=32",
+          "--config.demo.budgets=4,8", "--config.checkpoint.async_save=False"]
+  out = _run(args, timeout=600).stdout
+  assert "pretrain: saved" in out
+  assert "val: loss_topk=" in out
+  table = json.load(open(os.path.join(workdir, "demo_table.json")))["table"]
+  assert set(table) == {"full", "AutoSelect", "random", "oracle"}
+  for row in table.values():
+    assert set(row) == {"4", "8"} and all(0 <= v <= 1 for v in row.values())
+  assert os.path.exists(os.path.join(workdir, "scorer", "scorer_config.json"))
+  again = _run(args, timeout=600).stdout  # Cached VLM, finished training.
+  assert "cache hit" in again and "pretrain: saved" not in again
+  assert "| AutoSelect |" in again

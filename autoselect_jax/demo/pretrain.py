@@ -62,6 +62,11 @@ def init_params(vlm: VLM, seed: int):
   - The (tied) token embedding gets std D^-1/2 instead of Gemma's 1: inputs
     (scaled by sqrt(D)) then have unit scale and initial logits std ~1, not
     ~sqrt(D) (an initial loss far above log V).
+  - The first SigLIP block's attention output projection starts at zero, so
+    that block begins as a per-patch MLP on the linear patch embedding (the
+    feasibility study's MLP patch embedding): with it, 1000 steps of batch 64
+    reached 0.942 caption exact match (full 64 tokens), oracle 0.726 vs
+    random 0.184 at K=8; without it 600 x 32 steps reached 0.40.
   """
   params = vlm.init_params(jax.random.key(seed))
   c = vlm.config
@@ -70,8 +75,15 @@ def init_params(vlm: VLM, seed: int):
                       pos.dtype)
   emb = params["llm"]["embedder"]["input_embedding"]
   emb = emb * jnp.asarray(c.llm.width ** -0.5, emb.dtype)
+  blocks = params["img"]["Transformer"]["encoderblock"]
+  attn = blocks["MultiHeadDotProductAttention_0"]
+  out = {**attn["out"], "kernel": attn["out"]["kernel"].at[0].set(0.0)}
+  blocks = {**blocks, "MultiHeadDotProductAttention_0": {**attn, "out": out}}
+  img = {**params["img"], "pos_embedding": table,
+         "Transformer": {**params["img"]["Transformer"],
+                         "encoderblock": blocks}}
   return {**params,
-          "img": {**params["img"], "pos_embedding": table},
+          "img": img,
           "llm": {**params["llm"], "embedder": {"input_embedding": emb}}}
 
 
