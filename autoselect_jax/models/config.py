@@ -117,23 +117,23 @@ def _paligemma_3b(image_size: int) -> PaliGemmaConfig:
   return PaliGemmaConfig(vision=SiglipConfig(image_size=image_size))
 
 
-# Tiny variants build random models in tests within seconds.
+def _tiny(num_kv_heads: int) -> PaliGemmaConfig:
+  """Builds a random model in tests within seconds."""
+  return PaliGemmaConfig(
+      vision=SiglipConfig(image_size=32, patch_size=8, width=32, depth=2,
+                          num_heads=4, mlp_dim=64),
+      llm=GemmaConfig(vocab_size=320, width=32, depth=2, num_heads=4,
+                      num_kv_heads=num_kv_heads, head_dim=8, mlp_dim=64),
+      image_token_id=319, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+
+
+
 VARIANTS: dict[str, PaliGemmaConfig] = {
     "paligemma-3b-224": _paligemma_3b(224),
     "paligemma-3b-448": _paligemma_3b(448),
     "paligemma-3b-896": _paligemma_3b(896),
-    "tiny": PaliGemmaConfig(
-        vision=SiglipConfig(image_size=32, patch_size=8, width=32, depth=2,
-                            num_heads=4, mlp_dim=64),
-        llm=GemmaConfig(vocab_size=320, width=32, depth=2, num_heads=4,
-                        num_kv_heads=1, head_dim=8, mlp_dim=64),
-        image_token_id=319, bos_token_id=2, eos_token_id=1, pad_token_id=0),
-    "tiny-gqa": PaliGemmaConfig(
-        vision=SiglipConfig(image_size=32, patch_size=8, width=32, depth=2,
-                            num_heads=4, mlp_dim=64),
-        llm=GemmaConfig(vocab_size=320, width=32, depth=2, num_heads=4,
-                        num_kv_heads=2, head_dim=8, mlp_dim=64),
-        image_token_id=319, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    "tiny": _tiny(num_kv_heads=1),
+    "tiny-gqa": _tiny(num_kv_heads=2),
     # The embedded demo's frozen VLM (autoselect_jax/demo): 64 px shapes
     # images, 64 visual tokens, the demo tokenizer's 102 ids (<image> last).
     "demo": PaliGemmaConfig(
