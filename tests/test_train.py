@@ -95,6 +95,8 @@ def test_eight_devices_match_one(hf_mqa, dataset, tmp_path):
   for step in a:
     assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
   assert a[4] != a[1]  # Training moved.
+  assert any(f.startswith("events.out.tfevents")
+             for f in os.listdir(os.path.join(one, "tensorboard")))
   # The exported Scorer is the final state's Scorer.
   from autoselect_jax.training.checkpoint import load_scorer
   scorer, cfg = load_scorer(os.path.join(one, "scorer"))
