@@ -101,7 +101,7 @@ def build(c: ml_collections.ConfigDict, workdir: str) -> Setup:
                ckpt)
 
 
-def _sources(c, setup: Setup, workdir: str):
+def _sources(c: ml_collections.ConfigDict):
   if c.data.source == "synthetic":
     from autoselect_jax.demo import run as demo_run
     return demo_run.sources(c)
@@ -119,7 +119,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   maybe_initialize_distributed(c)
   setup = build(c, workdir)
   mesh, obj = setup.mesh, setup.objective
-  train_src, val_src = _sources(c, setup, workdir)
+  train_src, val_src = _sources(c)
   global_batch = c.batch_size
   local_batch = global_batch // jax.process_count()
   steps = c.num_steps or (len(train_src) // global_batch) * c.data.num_epochs
@@ -208,11 +208,8 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = MetricWriter(workdir, steps)
   writer.log(f"training AutoSelect K={','.join(map(str, ks))} for {steps} "
              f"steps (batch {global_batch}, {mesh.size} devices, "
-             f"{jax.process_count()} processes); resuming at step {start}"
-             if start else
-             f"training AutoSelect K={','.join(map(str, ks))} for {steps} "
-             f"steps (batch {global_batch}, {mesh.size} devices, "
-             f"{jax.process_count()} processes)")
+             f"{jax.process_count()} processes)"
+             + (f"; resuming at step {start}" if start else ""))
   best, bad_evals, last_val, last_train = math.inf, 0, None, {}
   window, t0, n_ex = [], time.time(), 0
   step = start
