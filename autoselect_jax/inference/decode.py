@@ -105,8 +105,11 @@ def greedy_decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int,
     out = out.at[:, t].set(token)
     done = done | (token == eos_id)
     pos = pos + 1
-    logits, cache, cache_mask = extend(vlm, params, token, pos, cache,
-                                       cache_mask, l + t)
+    # The last token needs no forward pass: nothing reads its logits.
+    logits, cache, cache_mask = jax.lax.cond(
+        t + 1 < max_new_tokens,
+        lambda: extend(vlm, params, token, pos, cache, cache_mask, l + t),
+        lambda: (logits, cache, cache_mask))
     return t + 1, logits, cache, cache_mask, pos, out, done
 
   state = (jnp.int32(0), logits, cache, cache_mask, pos, out, done)
