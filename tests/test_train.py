@@ -98,7 +98,7 @@ def test_eight_devices_match_one(hf_mqa, dataset, tmp_path):
   assert any(f.startswith("events.out.tfevents")
              for f in os.listdir(os.path.join(one, "tensorboard")))
   # The exported Scorer is the final state's Scorer.
-  from autoselect_jax.training.checkpoint import load_scorer
+  from autoselect_jax.checkpoints.scorer import load_scorer
   scorer, cfg = load_scorer(os.path.join(one, "scorer"))
   assert cfg["format"] == "autoselect_jax.scorer" and cfg["scorer"]["num_heads"] == 4
   final = _flat(_final_state(one, 4)["params"]["scorer"])

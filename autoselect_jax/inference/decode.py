@@ -1,4 +1,4 @@
-"""KV-cache prefill and greedy decoding over any prefix of embeddings.
+"""KV-cache prefill and decoding (greedy or sampled) over any prefix of embeddings.
 
 The decoder is fed [visual embeddings (B, K, D) ; text (B, T)] with explicit
 positions, so the full model (K = N) and a pruned one (K < N) share this code.
@@ -81,16 +81,49 @@ def extend(vlm: VLM, params, token, position, cache: KVCache, cache_mask,
   return vlm.logits(params, hidden)[:, 0], cache, cache_mask
 
 
-@functools.partial(jax.jit, static_argnames=("vlm", "max_new_tokens"))
-def greedy_decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int,
-                  eos_id, pad_id):
-  """Greedy tokens (B, max_new_tokens); after <eos> an example emits pad.
+def sample_logits(logits, keys, temperature, top_p):
+  """Next tokens (B,) from logits (B, V): greedy, or sampled with nucleus.
 
-  Stops early once every example has emitted <eos>.
+  temperature == 0 is argmax (lower id on ties). Otherwise each row samples
+  from softmax(logits / temperature) restricted to its top-p nucleus: the
+  fewest highest-probability tokens whose probabilities sum to >= top_p (at
+  least one). keys: (B,) one PRNG key per example.
+  """
+  def greedy():
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def sample():
+    z = logits.astype(jnp.float32) / temperature               # (B, V)
+    desc = jnp.sort(z, axis=-1)[:, ::-1]
+    p = jax.nn.softmax(desc, axis=-1)
+    keep = jnp.sum(jnp.cumsum(p, axis=-1) - p < top_p, axis=-1)  # >= 1
+    cut = jnp.take_along_axis(desc, keep[:, None] - 1, axis=-1)  # (B, 1)
+    z = jnp.where(z >= cut, z, -jnp.inf)
+    return jax.vmap(jax.random.categorical)(keys, z).astype(jnp.int32)
+
+  return jax.lax.cond(temperature > 0, sample, greedy)
+
+
+@functools.partial(jax.jit, static_argnames=("vlm", "max_new_tokens"))
+def decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int, eos_id,
+           pad_id, temperature=0.0, top_p=1.0, rng=None):
+  """Generated tokens (B, max_new_tokens) after a KV-cache prefill.
+
+  The cache holds L + max_new_tokens slots (L = prefix length). Greedy at
+  temperature 0 (the default), else sampled (see `sample_logits`); example b
+  draws from fold_in(rng, b), so its tokens do not depend on the rest of the
+  batch. After <eos> an example emits pad; the loop stops once every example
+  has emitted <eos>. temperature and top_p are traced: changing them does not
+  recompile.
   """
   b, l = prefix.input_mask.shape
   logits, cache, cache_mask, pos = prefill(vlm, params, prefix,
                                            l + max_new_tokens)
+  if rng is None:
+    rng = jax.random.key(0)
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(b))
+  temperature = jnp.asarray(temperature, jnp.float32)
+  top_p = jnp.asarray(top_p, jnp.float32)
   out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
   done = jnp.zeros((b,), bool)
 
@@ -100,7 +133,8 @@ def greedy_decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int,
 
   def body(state):
     t, logits, cache, cache_mask, pos, out, done = state
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
+    token = sample_logits(logits, step_keys, temperature, top_p)
     token = jnp.where(done, pad_id, token)
     out = out.at[:, t].set(token)
     done = done | (token == eos_id)
@@ -114,6 +148,13 @@ def greedy_decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int,
 
   state = (jnp.int32(0), logits, cache, cache_mask, pos, out, done)
   return jax.lax.while_loop(cond, body, state)[5]
+
+
+def greedy_decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int,
+                  eos_id, pad_id):
+  """Greedy tokens (B, max_new_tokens): `decode` at temperature 0."""
+  return decode(vlm, params, prefix, max_new_tokens=max_new_tokens,
+                eos_id=eos_id, pad_id=pad_id)
 
 
 def full_prefix(vlm: VLM, params, images, tokens, input_mask,

@@ -8,14 +8,12 @@ data iterator resumes exactly where that step's batches ended.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 import grain.python as grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -59,34 +57,3 @@ class TrainCheckpointer:
     self.manager.wait_until_finished()
     self.manager.close()
 
-
-SCORER_CONFIG = "scorer_config.json"
-SCORER_PARAMS = "scorer.safetensors"
-
-
-def export_scorer(out_dir: str, scorer_params, scorer_config: dict) -> None:
-  """Writes the trained Scorer alone (small: a safetensors file + its config)
-  for inference, atomically. Process 0 writes; the others only gather."""
-  from safetensors.numpy import save_file
-  from autoselect_jax.checkpoints.store import atomic_directory
-  from autoselect_jax.checkpoints.tree import flatten
-  params = jax.tree_util.tree_map(np.asarray, jax.device_get(scorer_params))
-  if jax.process_index() != 0:
-    return
-  with atomic_directory(out_dir) as tmp:
-    save_file(flatten(params), os.path.join(tmp, SCORER_PARAMS))
-    with open(os.path.join(tmp, SCORER_CONFIG), "w") as f:
-      json.dump(scorer_config, f, indent=2)
-
-
-def load_scorer(scorer_dir: str) -> tuple[dict, dict]:
-  """(scorer params tree, scorer config dict) of an exported Scorer."""
-  from autoselect_jax.checkpoints.safetensors_io import SafetensorsFile
-  from autoselect_jax.checkpoints.tree import unflatten
-  cfg_path = os.path.join(scorer_dir, SCORER_CONFIG)
-  if not os.path.exists(cfg_path):
-    raise FileNotFoundError(f"{cfg_path} is missing: not an exported Scorer")
-  with open(cfg_path) as f:
-    config = json.load(f)
-  tensors = SafetensorsFile(os.path.join(scorer_dir, SCORER_PARAMS))
-  return unflatten({k: np.array(v) for k, v in tensors.items()}), config

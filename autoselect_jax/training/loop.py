@@ -23,10 +23,11 @@ import numpy as np
 import optax
 
 from autoselect_jax.checkpoints import store
+from autoselect_jax.checkpoints.scorer import export_scorer
 from autoselect_jax.data.processor import Processor
 from autoselect_jax.models import VLM
 from autoselect_jax.training import sharding as shd
-from autoselect_jax.training.checkpoint import TrainCheckpointer, export_scorer
+from autoselect_jax.training.checkpoint import TrainCheckpointer
 from autoselect_jax.training.config import parse_k_choices, validate, validate_budget
 from autoselect_jax.training.metrics import MetricWriter
 from autoselect_jax.training.objective import Objective
