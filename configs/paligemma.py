@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.checkpoint = ""      # Required: converted PaliGemma folder.
   c.model.dtype = "bfloat16"   # Compute dtype of the frozen VLM.
   c.model.remat = False        # jax.checkpoint each decoder block.
+  c.model.scan_unroll = 1      # Layer-scan unroll (speed only; 0 = fully).
 
   c.autoselect = ml_collections.ConfigDict()
   c.autoselect.k = 64                 # Training budget (of N = 256).

@@ -97,3 +97,18 @@ def test_bad_inputs_and_configs():
     PaliGemmaConfig.from_dict({"llm": {"widht": 8}})
   assert set(VARIANTS) >= {"paligemma-3b-224", "paligemma-3b-448",
                            "paligemma-3b-896", "tiny"}
+
+
+def test_unrolled_layer_scan_is_bit_identical():
+  """`unroll` is a speed knob only: same params, same logits."""
+  c = get_variant("tiny")
+  scanned, unrolled = VLM(c), VLM(c, unroll=True)
+  params = scanned.init_params(jax.random.key(0))
+  images = jax.random.uniform(jax.random.key(1), (2, c.vision.image_size,
+                                                  c.vision.image_size, 3),
+                              minval=-1, maxval=1)
+  tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) + 3
+  mask, ar = jnp.ones((2, 6), bool), jnp.zeros((2, 6), jnp.int32)
+  np.testing.assert_array_equal(
+      scanned.forward(params, images, tokens, mask, ar),
+      unrolled.forward(params, images, tokens, mask, ar))

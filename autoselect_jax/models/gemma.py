@@ -189,6 +189,7 @@ class Gemma(nn.Module):
   config: GemmaConfig
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  unroll: int = 1  # Scan unroll; small models run faster unrolled on CPU.
 
   def setup(self):
     c = self.config
@@ -197,7 +198,7 @@ class Gemma(nn.Module):
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
-        length=c.depth)(c, self.dtype)
+        length=c.depth, unroll=self.unroll)(c, self.dtype)
     self.final_norm = RMSNorm(c.rms_norm_eps)
 
   def embed(self, tokens):

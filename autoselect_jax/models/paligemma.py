@@ -47,11 +47,13 @@ class PaliGemma(nn.Module):
   config: PaliGemmaConfig
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  unroll: int = 1  # Layer-scan unroll (True: fully), for speed only.
 
   def setup(self):
     c = self.config
-    self.img = SiglipVision(c.vision, c.llm.width, self.dtype, self.remat)
-    self.llm = Gemma(c.llm, self.dtype, self.remat)
+    self.img = SiglipVision(c.vision, c.llm.width, self.dtype, self.remat,
+                            self.unroll)
+    self.llm = Gemma(c.llm, self.dtype, self.remat, self.unroll)
 
   def encode_image(self, images):
     """(B, H, W, 3) in [-1, 1] -> (B, N, Dv)."""
@@ -99,10 +101,11 @@ class VLM:
   config: PaliGemmaConfig
   dtype: Any = jnp.float32
   remat: bool = False
+  unroll: int = 1
 
   @property
   def module(self) -> PaliGemma:
-    return PaliGemma(self.config, self.dtype, self.remat)
+    return PaliGemma(self.config, self.dtype, self.remat, self.unroll)
 
   @property
   def num_visual_tokens(self) -> int:

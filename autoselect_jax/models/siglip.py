@@ -85,13 +85,14 @@ class Encoder(nn.Module):
   eps: float = 1e-6
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  unroll: int = 1  # Scan unroll; small models run faster unrolled on CPU.
 
   @nn.compact
   def __call__(self, x, mask=None):
     block = nn.remat(Encoder1DBlock) if self.remat else Encoder1DBlock
     stack = nn.scan(block, variable_axes={"params": 0},
                     split_rngs={"params": True}, in_axes=nn.broadcast,
-                    length=self.depth)
+                    length=self.depth, unroll=self.unroll)
     x, _ = stack(self.num_heads, self.mlp_dim, self.eps, self.dtype,
                  name="encoderblock")(x, mask)
     return nn.LayerNorm(epsilon=self.eps, dtype=self.dtype,
@@ -126,6 +127,7 @@ class SiglipVision(nn.Module):
   out_dim: int  # LLM width, for the projector `head`.
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  unroll: int = 1
 
   def setup(self):
     c = self.config
@@ -134,7 +136,8 @@ class SiglipVision(nn.Module):
         "pos_embedding", nn.initializers.normal(stddev=c.width ** -0.5),
         (1, c.num_tokens, c.width))
     self.Transformer = Encoder(c.depth, c.num_heads, c.mlp_dim,
-                               c.layer_norm_eps, self.dtype, self.remat)
+                               c.layer_norm_eps, self.dtype, self.remat,
+                               self.unroll)
     self.head = nn.Dense(self.out_dim, dtype=self.dtype)
 
   def __call__(self, images):

@@ -46,6 +46,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int,
   need(c.tau.start > 0 and c.tau.end > 0, f"tau.start={c.tau.start} and "
        f"tau.end={c.tau.end} must be positive")
   need(c.tau.steps >= 0, "tau.steps must be >= 0")
+  need(c.model.scan_unroll >= 0,
+       f"model.scan_unroll={c.model.scan_unroll}: use 0 (fully) or >= 1")
   need(c.model.dtype in ("float32", "bfloat16"),
        f"model.dtype={c.model.dtype!r}: use 'float32' or 'bfloat16'")
   need(c.optim.lr > 0, f"optim.lr={c.optim.lr} must be positive")

@@ -93,7 +93,8 @@ def build(c: ml_collections.ConfigDict, workdir: str) -> Setup:
     ckpt = c.model.checkpoint
   vlm_config = store.load_config(ckpt)
   validate_budget(c, vlm_config.num_image_tokens)
-  vlm = VLM(vlm_config, DTYPES[c.model.dtype], c.model.remat)
+  vlm = VLM(vlm_config, DTYPES[c.model.dtype], c.model.remat,
+            c.model.scan_unroll or True)
   frozen_sharding = shd.param_shardings(vlm.abstract_params(), mesh,
                                         c.sharding.frozen)
   frozen = store.load_params(ckpt, vlm_config, sharding=frozen_sharding)
