@@ -1,0 +1,156 @@
+"""The prefill benchmark CLI (autoselect_jax.bench) and its FLOP / byte model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autoselect_jax import bench
+from autoselect_jax.inference import cost
+from autoselect_jax.method import Scorer
+from autoselect_jax.models import GemmaConfig, VLM, get_variant
+
+RECORD_FIELDS = [
+    "k", "batch", "encode_ms", "pruner_ms", "prefill_ms",
+    "decode_ms_per_token", "prefill_speedup", "flop_ideal_speedup",
+    "roofline_ideal_speedup", "roofline_fraction", "pruner_share",
+    "pruner_flop_share"]
+TIMED = ["encode_ms", "pruner_ms", "prefill_ms", "decode_ms_per_token"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """One tiny end-to-end run: N = 16 visual tokens, K = 4, batch 1 and 2."""
+  out = tmp_path_factory.mktemp("bench") / "bench.json"
+  mp = pytest.MonkeyPatch()
+  mp.setattr(bench, "MATMUL_N", {"cpu": 256, "gpu": 256})  # Fast peaks.
+  mp.setattr(bench, "BANDWIDTH_BYTES", {"cpu": 2 ** 22, "gpu": 2 ** 22})
+  argv = ["--variant", "tiny", "--k", "4", "--batch", "1,2", "--repeats", "2",
+          "--n-text", "4", "--decode-tokens", "2", "--out", str(out)]
+  try:
+    assert bench.main(argv) == 0
+  finally:
+    mp.undo()
+  with open(out) as f:
+    return json.load(f)
+
+
+def _finite(x):
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_json_has_every_field(tiny_run, capsys):
+  res = tiny_run
+  assert res["complete"] is True
+  assert res["variant"] == "tiny" and res["dtype"] == "float32"
+  assert res["device"].endswith(f"({jax.devices()[0].platform})")
+  assert (res["n_visual"], res["n_text"]) == (16, 4)
+  assert (res["llm_layers"], res["vision_layers"]) == (2, 2)
+  assert res["command"].startswith("python -m autoselect_jax.bench --variant")
+  assert res["peak_flops"] > 0 and res["peak_bandwidth"] > 0
+  records = res["records"]
+  assert sorted((r["k"], r["batch"]) for r in records) == [
+      (4, 1), (4, 2), (16, 1), (16, 2)]
+  for r in records:
+    for name in RECORD_FIELDS:
+      assert _finite(r[name]), (name, r)
+    for name in TIMED:
+      assert r[f"{name}_min"] <= r[name] <= r[f"{name}_max"]
+    assert r["prefill_speedup"] > 0 and r["roofline_ideal_speedup"] > 0
+    if r["pruned"]:
+      assert r["pruner_ms"] > 0 and r["pruner_flop_share"] > 0
+      assert r["flop_ideal_speedup"] > 1 and r["roofline_ideal_speedup"] >= 1
+    else:
+      assert r["k"] == 16 and r["prefill_speedup"] == 1.0
+      assert r["pruner_ms"] == 0.0 and r["pruner_flop_share"] == 0.0
+  assert [e["batch"] for e in res["reference"]] == [1, 2]
+  for e in res["reference"]:
+    for name in ("full_ms", "pruned_ms", "speedup", "vs_reference"):
+      assert _finite(e[name]) and e[name] > 0
+    # Same weights and inputs as the project: same logits.
+    assert e["logits_rel_err_vs_project"] < 1e-4
+  assert set(res["targets"]) == {"prefill_roofline", "pruner_share",
+                                 "decode_not_slower", "vs_reference"}
+  for tgt in res["targets"].values():
+    assert isinstance(tgt["pass"], bool) and tgt["entries"]
+  table = bench.format_table(res)
+  assert "plain-JAX reference" in table and "targets:" in table
+
+
+def test_prefill_cost_matches_a_hand_count():
+  c = GemmaConfig(vocab_size=100, width=8, depth=3, num_heads=2,
+                  num_kv_heads=1, head_dim=4, mlp_dim=16)
+  b, l, p = 2, 5, 4
+  # One layer by hand: q (8 -> 2x4), k and v (8 -> 4 each), out (8 -> 8),
+  # MLP 8 -> 16 twice and 16 -> 8: 64 + 32 + 32 + 64 + 3 * 128 = 576
+  # multiply-adds per token; attention: 2 heads x 5 keys x 4 dims, twice.
+  layer_flops = 2 * b * l * 576 + 2 * b * 2 * 2 * l * l * 4
+  layer = cost.llm_layer(c, b, l, p)
+  assert layer.flops == layer_flops == 13120
+  weights = (576 + 2 * 8) * p                         # + two norm scales
+  kv = 2 * b * l * 1 * 4 * p
+  acts = 2 * b * l * (8 + (2 * 2 + 2 * 1) * 4 + 2 * 16) * p
+  assert layer.bytes == weights + kv + acts
+  head = cost.llm_head(c, b, p)
+  assert head.flops == 2 * b * 8 * 100
+  assert head.bytes == (100 * 8 + 8 + b * 8) * p + b * 100 * 4
+  pre = cost.prefill(c, b, l, p)
+  assert pre.flops == 3 * layer_flops + head.flops
+  # Roofline: per component max(FLOPs / peak, bytes / bandwidth).
+  peak, bw = 1e3, 1e3
+  assert pre.time(peak, bw) == pytest.approx(
+      3 * max(layer.flops, layer.bytes) / 1e3
+      + max(head.flops, head.bytes) / 1e3)
+
+
+def test_scorer_cost_matches_a_hand_count():
+  b, n, w = 2, 3, 4
+  # Per block and token: q, k, v, out (4 w^2) + MLP w -> 4w -> w (8 w^2)
+  # = 192 multiply-adds; attention 2 x n x w; head w.
+  flops = 2 * (2 * b * n * 192 + 2 * b * n * 2 * n * w) + 2 * b * n * w
+  c = cost.scorer(b, n, w, num_layers=2, mlp_ratio=4.0, itemsize=4)
+  assert c.flops == flops
+  # The default Scorer's parameter count is what the byte model reads.
+  vlm = VLM(get_variant("tiny"))
+  from autoselect_jax.method import AutoSelect
+  tree = AutoSelect(vlm, scorer=Scorer()).abstract_params()["scorer"]
+  n_params = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(tree))
+  dv = vlm.visual_width
+  c = cost.scorer(1, 1, dv, itemsize=1)
+  acts = 2 * 2 * (5 * dv + 4 * dv)
+  assert c.bytes == n_params + acts + dv
+
+
+def test_hash_params_are_finite_and_shaped():
+  vlm = VLM(get_variant("tiny"))
+  abstract = vlm.abstract_params()
+  params = bench.hash_params(abstract, jnp.bfloat16, 0)
+  for a, p in zip(jax.tree_util.tree_leaves(abstract),
+                  jax.tree_util.tree_leaves(params)):
+    assert p.shape == a.shape and p.dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.isfinite(p)))
+  emb = np.asarray(params["llm"]["embedder"]["input_embedding"], np.float32)
+  assert 0.8 < emb.std() < 1.2 and len(np.unique(emb)) > 100
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variant", "tiny", "--k", "0"], "outside [1, N = 16]"),
+    (["--variant", "tiny", "--k", "17"], "outside [1, N = 16]"),
+    (["--variant", "tiny", "--k", "4,x"], "comma-separated integers"),
+    (["--variant", "nope"], "Unknown model variant"),
+    (["--variant", "tiny", "--dtype", "float16"], "invalid choice"),
+    (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
+    (["--variant", "tiny", "--k", "4", "--batch", "0"], "--batch must be >= 1"),
+    (["--variant", "tiny", "--llm-layers", "0"], "--llm-layers must be >= 1"),
+])
+def test_bad_input_is_a_parser_error(argv, message, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    bench.main(argv + ["--out", str(tmp_path / "x.json")])
+  assert e.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "x.json").exists()
