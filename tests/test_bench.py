@@ -154,3 +154,30 @@ def test_bad_input_is_a_parser_error(argv, message, tmp_path, capsys):
   assert e.value.code == 2
   assert message in capsys.readouterr().err
   assert not (tmp_path / "x.json").exists()
+
+
+def test_checkpoint_params_are_cut_to_the_requested_depths(tmp_path):
+  from autoselect_jax.checkpoints import store
+  full = get_variant("tiny")
+  params = bench.hash_params(VLM(full).abstract_params(), jnp.float32, 0)
+  ckpt = str(tmp_path / "ckpt")
+  store.save_checkpoint(ckpt, params, full, source="test",
+                        write_tokenizer=lambda d: None)
+  parser = bench.build_parser()
+  args = parser.parse_args(["--checkpoint", ckpt, "--llm-layers", "1",
+                            "--vision-layers", "1", "--out", "x.json"])
+  config = bench._config(args, parser)
+  assert (config.llm.depth, config.vision.depth) == (1, 1)
+  cut = bench.load_params(ckpt, config, full, jnp.bfloat16)
+  want = VLM(config).abstract_params()
+  assert jax.tree_util.tree_structure(cut) == jax.tree_util.tree_structure(want)
+  for a, b in zip(jax.tree_util.tree_leaves(cut),
+                  jax.tree_util.tree_leaves(want)):
+    assert a.shape == b.shape and a.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      np.asarray(cut["llm"]["layers"]["mlp"]["linear"], np.float32),
+      np.asarray(params["llm"]["layers"]["mlp"]["linear"][:1]).astype(
+          jnp.bfloat16).astype(np.float32))
+  with pytest.raises(SystemExit):
+    bench._config(parser.parse_args(["--checkpoint", ckpt, "--llm-layers",
+                                     "3", "--out", "x.json"]), parser)
