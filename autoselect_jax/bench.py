@@ -70,7 +70,7 @@ DECODE_TOLERANCE = 0.03     # pruned decode <= full decode x (1 + this): timer n
 REFERENCE_TARGET = 0.9      # project speedup / plain-JAX reference speedup
 
 # Peak-measuring kernels, by platform: big enough to saturate the device.
-MATMUL_N = {"cpu": 2048, "gpu": 8192}
+MATMUL_N = {"cpu": 2048, "gpu": 16384}
 BANDWIDTH_BYTES = {"cpu": 256 * 2 ** 20, "gpu": 2 * 2 ** 30}
 
 
