@@ -99,8 +99,9 @@ def test_bad_inputs_and_configs():
                            "paligemma-3b-896", "tiny"}
 
 
-def test_unrolled_layer_scan_is_bit_identical():
-  """`unroll` is a speed knob only: same params, same logits."""
+def test_unrolled_layer_scan_gives_the_same_logits():
+  """`unroll` is a speed knob only: same params, same logits (bit-identical
+  on CPU; GPU kernels fuse differently, 8e-6 measured on an H200)."""
   c = get_variant("tiny")
   scanned, unrolled = VLM(c), VLM(c, unroll=True)
   params = scanned.init_params(jax.random.key(0))
@@ -109,6 +110,6 @@ def test_unrolled_layer_scan_is_bit_identical():
                               minval=-1, maxval=1)
   tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) + 3
   mask, ar = jnp.ones((2, 6), bool), jnp.zeros((2, 6), jnp.int32)
-  np.testing.assert_array_equal(
+  np.testing.assert_allclose(
       scanned.forward(params, images, tokens, mask, ar),
-      unrolled.forward(params, images, tokens, mask, ar))
+      unrolled.forward(params, images, tokens, mask, ar), atol=1e-5, rtol=0)

@@ -24,6 +24,8 @@ from autoselect_jax.models import make_attention_mask
 
 PROMPTS = ["caption en", "what is in the image and where is the red cat"]
 SCORER = Scorer(num_layers=1, num_heads=2, mlp_ratio=2.0)
+# One K and one decode length across tests, so they share compiled functions.
+K, NEW = 6, 8
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,8 @@ def test_pruned_path_at_k_equals_n_is_the_full_model_and_hf(scored, pipe):
   _, _, model, processor = scored
   images = _images(2)
   n = pipe.vlm.num_visual_tokens
-  full = pipe.generate(images, PROMPTS, max_new_tokens=12)
-  ref = _hf_greedy(model, processor, images, PROMPTS, 12)
+  full = pipe.generate(images, PROMPTS, max_new_tokens=NEW)
+  ref = _hf_greedy(model, processor, images, PROMPTS, NEW)
   eos = pipe.processor.eos_id
   assert [r["ids"] for r in full] == [_trim(r, eos) for r in ref.tolist()]
   assert all(r["kept"] == list(range(n)) for r in full)
@@ -103,14 +105,14 @@ def test_pruned_path_at_k_equals_n_is_the_full_model_and_hf(scored, pipe):
       score_params=pipe.score_params, policy="original")
   np.testing.assert_array_equal(kept, np.tile(np.arange(n), (2, 1)))
   ids = np.asarray(decode.greedy_decode(pipe.vlm, pipe.params, prefix,
-                                        max_new_tokens=12, eos_id=eos,
+                                        max_new_tokens=NEW, eos_id=eos,
                                         pad_id=proc.pad_id))
   assert [_trim(r, eos) for r in ids.tolist()] == [r["ids"] for r in full]
 
 
 @pytest.mark.parametrize("policy", ["original", "packed"])
 def test_kept_positions_follow_the_policy(pipe, policy):
-  proc, vlm, k = pipe.processor, pipe.vlm, 5
+  proc, vlm, k = pipe.processor, pipe.vlm, K
   n = vlm.num_visual_tokens
   text = proc.batch([proc.encode(p) for p in PROMPTS], 16)
   pixels = np.stack([proc.image(im) for im in _images(2)])
@@ -139,30 +141,30 @@ def test_batch_of_different_lengths_equals_each_alone(pipe):
   images = _images(3, seed=4)
   prompts = ["caption en", "what is in the image and where is the red cat",
              "describe"]
-  batched = pipe.generate(images, prompts, k=6, max_new_tokens=10)
+  batched = pipe.generate(images, prompts, k=K, max_new_tokens=NEW)
   for i in range(3):
-    alone = pipe.generate(images[i:i + 1], prompts[i:i + 1], k=6,
-                          max_new_tokens=10)
+    alone = pipe.generate(images[i:i + 1], prompts[i:i + 1], k=K,
+                          max_new_tokens=NEW)
     assert alone[0]["ids"] == batched[i]["ids"]
     assert alone[0]["kept"] == batched[i]["kept"]
-    assert len(batched[i]["kept"]) == 6
+    assert len(batched[i]["kept"]) == K
 
 
 def test_same_length_bucket_does_not_recompile(pipe):
   images = _images(2, seed=5)
-  pipe.generate(images, ["caption en", "describe the image"], k=4,
-                max_new_tokens=6)
+  pipe.generate(images, ["caption en", "describe the image"], k=K,
+                max_new_tokens=NEW)
   before = _COUNTER.count
-  pipe.generate(images, ["caption fr", "what is this one"], k=4,
-                max_new_tokens=6, temperature=0.7, top_p=0.9, seed=3)
+  pipe.generate(images, ["caption fr", "what is this one"], k=K,
+                max_new_tokens=NEW, temperature=0.7, top_p=0.9, seed=3)
   assert _COUNTER.count == before, "a prompt in the same bucket recompiled"
-  pipe.generate(images, ["word " * 20, "describe"], k=4, max_new_tokens=6)
+  pipe.generate(images, ["word " * 20, "describe"], k=K, max_new_tokens=NEW)
   assert _COUNTER.count > before, "the compile counter saw nothing"
 
 
 def test_pruned_cache_decode_equals_recompute(pipe):
   """Prefill over the kept tokens + cached steps == one pass without a cache."""
-  proc, vlm, params, k = pipe.processor, pipe.vlm, pipe.params, 6
+  proc, vlm, params, k = pipe.processor, pipe.vlm, pipe.params, K
   text = proc.batch([proc.encode(p) for p in PROMPTS], 16)
   pixels = np.stack([proc.image(im) for im in _images(2, seed=6)])
   prefix, _ = jit_pruned_prefix(
@@ -197,7 +199,7 @@ def test_pruned_cache_decode_equals_recompute(pipe):
 
 def test_sampling_is_seeded_and_per_example(pipe):
   images = _images(2, seed=8)
-  kw = dict(k=8, max_new_tokens=8, temperature=1.5)
+  kw = dict(k=K, max_new_tokens=NEW, temperature=1.5)
   a = pipe.generate(images, PROMPTS, seed=1, **kw)
   assert a == pipe.generate(images, PROMPTS, seed=1, **kw)
   others = [pipe.generate(images, PROMPTS, seed=s, **kw) for s in (2, 3, 4)]
@@ -205,8 +207,8 @@ def test_sampling_is_seeded_and_per_example(pipe):
   alone = pipe.generate(images[:1], PROMPTS[:1], seed=1, **kw)
   assert alone[0]["ids"] == a[0]["ids"]
   # A vanishing nucleus keeps only the top token: greedy.
-  greedy = pipe.generate(images, PROMPTS, k=8, max_new_tokens=8)
-  assert pipe.generate(images, PROMPTS, k=8, max_new_tokens=8,
+  greedy = pipe.generate(images, PROMPTS, k=K, max_new_tokens=NEW)
+  assert pipe.generate(images, PROMPTS, k=K, max_new_tokens=NEW,
                        temperature=1.0, top_p=1e-6) == greedy
 
 
@@ -276,8 +278,8 @@ def test_cli_pruned_json(scored, tmp_path, capsys):
   for i, im in enumerate(hf_reference.random_images(2, 32, seed=9)):
     paths.append(str(tmp_path / f"im{i}.png"))
     im.save(paths[-1])
-  argv = ["--checkpoint", ckpt, "--scorer", scorer_dir, "--k", "5",
-          "--max-new-tokens", "6", "--json", "--prompt", "caption en"]
+  argv = ["--checkpoint", ckpt, "--scorer", scorer_dir, "--k", str(K),
+          "--max-new-tokens", str(NEW), "--json", "--prompt", "caption en"]
   for p in paths:
     argv += ["--image", p]
   assert generate.main(argv) == 0
@@ -285,7 +287,7 @@ def test_cli_pruned_json(scored, tmp_path, capsys):
   assert len(lines) == 2
   for line in lines:
     assert set(line) == {"image", "prompt", "ids", "text", "kept"}
-    assert len(line["kept"]) == 5 and line["kept"] == sorted(line["kept"])
+    assert len(line["kept"]) == K and line["kept"] == sorted(line["kept"])
   assert generate.main(["--checkpoint", ckpt, "--k", "5", "--image",
                         paths[0], "--prompt", "hi"]) == 2
   assert "needs a Scorer" in capsys.readouterr().err
