@@ -53,12 +53,17 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import shlex
 import statistics
 import sys
-import time
+
+from autoselect_jax.benchmarks.reference import (reference_prefill,
+                                                reference_weights)
+from autoselect_jax.benchmarks.timing import (Log, measure_bandwidth,
+                                             measure_peak_flops, stats, timed)
+from autoselect_jax.benchmarks.weights import (hash_params, init_params,
+                                              load_params)
 
 DTYPES = ("float32", "bfloat16")
 DEFAULT_VARIANT = "paligemma-3b-224"
@@ -70,8 +75,6 @@ DECODE_TOLERANCE = 0.03     # pruned decode <= full decode x (1 + this): timer n
 REFERENCE_TARGET = 0.9      # project speedup / plain-JAX reference speedup
 
 # Peak-measuring kernels, by platform: big enough to saturate the device.
-MATMUL_N = {"cpu": 2048, "gpu": 16384}
-BANDWIDTH_BYTES = {"cpu": 256 * 2 ** 20, "gpu": 2 * 2 ** 30}
 
 
 def _int_list(text: str) -> list[int]:
@@ -161,137 +164,6 @@ def _check_args(args, parser, n: int) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Timing.
-
-
-class _Log:
-  """Progress lines on stderr, with the elapsed time."""
-
-  def __init__(self):
-    self.t0 = time.perf_counter()
-
-  def __call__(self, msg: str) -> None:
-    print(f"[bench {time.perf_counter() - self.t0:6.1f}s] {msg}",
-          file=sys.stderr, flush=True)
-
-
-def _timed(fn, *args):
-  """(seconds, output) of one call, waited for."""
-  import jax
-  t0 = time.perf_counter()
-  out = fn(*args)
-  jax.block_until_ready(out)
-  return time.perf_counter() - t0, out
-
-
-def _stats(seconds: list[float], name: str, scale: float = 1.0) -> dict:
-  """Median / min / max in milliseconds, as name, name_min, name_max."""
-  ms = [s * 1e3 / scale for s in seconds]
-  return {name: statistics.median(ms), f"{name}_min": min(ms),
-          f"{name}_max": max(ms)}
-
-
-def measure_peak_flops(dtype, platform: str, repeats: int = 5) -> dict:
-  """Best FLOP/s of a square (n, n) @ (n, n) matmul in `dtype`."""
-  import jax
-  import jax.numpy as jnp
-  n = MATMUL_N.get(platform, MATMUL_N["gpu"])
-  ka, kb = jax.random.split(jax.random.key(1))
-  a = jax.random.normal(ka, (n, n), dtype)
-  b = jax.random.normal(kb, (n, n), dtype)
-  f = jax.jit(jnp.matmul)
-  _timed(f, a, b)
-  best = min(_timed(f, a, b)[0] for _ in range(repeats))
-  return {"kernel": f"matmul {n}x{n}x{n}", "flops_per_s": 2 * n ** 3 / best}
-
-
-def measure_bandwidth(dtype, platform: str, repeats: int = 5) -> dict:
-  """Best bytes/s of a sum (reads) and of x * 2 + 1 (reads + writes)."""
-  import jax
-  import jax.numpy as jnp
-  nbytes = BANDWIDTH_BYTES.get(platform, BANDWIDTH_BYTES["gpu"])
-  x = jnp.ones((nbytes // jnp.dtype(dtype).itemsize,), dtype)
-  kernels = {"sum": (jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32)), nbytes),
-             "x*2+1": (jax.jit(lambda x: x * 2 + 1), 2 * nbytes)}
-  rates = {}
-  for name, (f, moved) in kernels.items():
-    _timed(f, x)
-    rates[name] = moved / min(_timed(f, x)[0] for _ in range(repeats))
-  del x
-  return {"kernels": {k: float(v) for k, v in rates.items()},
-          "array_bytes": nbytes, "bytes_per_s": float(max(rates.values()))}
-
-
-# ----------------------------------------------------------------------------
-# Parameters.
-
-
-def hash_params(abstract, dtype, seed: int):
-  """Deterministic pseudo-random parameters of `abstract`'s shapes, on device.
-
-  Timing does not depend on the values, and threefry draws only ~20 M
-  numbers/s on a small CPU (40 s for the 0.8 B of a 2-layer PaliGemma-3B),
-  so every leaf is an integer hash of its element index (one fused
-  elementwise kernel, created in `dtype` under jit): uniform with std 0.02
-  for weights, std 1 for the token embedding, zero biases, LayerNorm
-  scales 1 and RMSNorm scales 0 (Gemma applies 1 + scale). Finite, no
-  denormals, no exact zeros in the matrices.
-  """
-  import jax
-  import jax.numpy as jnp
-  flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-
-  def leaf(i, path, a):
-    names = [str(getattr(p, "key", p)) for p in path]
-    if names[-1] == "bias":
-      return jnp.zeros(a.shape, dtype)
-    if names[-1] == "scale":
-      return jnp.full(a.shape, 0.0 if names[0] == "llm" else 1.0, dtype)
-    std = 1.0 if names[-1] == "input_embedding" else 0.02
-    h = jax.lax.iota(jnp.uint32, math.prod(a.shape))
-    h = h * jnp.uint32(0x9E3779B1) + jnp.uint32((seed * 7919 + i) % 2 ** 32)
-    for shift, mul in ((16, 0x7FEB352D), (15, 0x846CA68B), (16, None)):
-      h = h ^ (h >> shift)
-      if mul is not None:
-        h = h * jnp.uint32(mul)
-    u = (h >> 8).astype(jnp.float32) * 2.0 ** -24 - 0.5   # [-0.5, 0.5)
-    return (u * (std * 12 ** 0.5)).astype(dtype).reshape(a.shape)
-
-  make = lambda: jax.tree_util.tree_unflatten(
-      treedef, [leaf(i, p, a) for i, (p, a) in enumerate(flat)])
-  return jax.jit(make)()
-
-
-def init_params(vlm, dtype, seed: int, how: str = "hash"):
-  """Random VLM parameters created on the device in `dtype`, under jit.
-
-  how="hash": `hash_params` (fast); "flax": the model's own initialisers,
-  `vlm.init_params`, cast to `dtype` inside the same jit.
-  """
-  import jax
-  if how == "hash":
-    return hash_params(vlm.abstract_params(), dtype, seed)
-  cast = lambda t: jax.tree_util.tree_map(lambda a: a.astype(dtype), t)
-  return jax.jit(lambda r: cast(vlm.init_params(r)))(jax.random.key(seed))
-
-
-def load_params(ckpt: str, config, full_config, dtype):
-  """Checkpoint parameters in `dtype`, stacked layers cut to `config`'s depths."""
-  import jax
-  from autoselect_jax.checkpoints import store
-  params = store.load_params(ckpt, full_config, dtype)
-  cut = lambda t, n: jax.tree_util.tree_map(lambda a: a[:n], t)
-  params = dict(params)
-  params["llm"] = {**params["llm"], "layers": cut(params["llm"]["layers"],
-                                                  config.llm.depth)}
-  img = dict(params["img"])
-  img["Transformer"] = {**img["Transformer"], "encoderblock": cut(
-      img["Transformer"]["encoderblock"], config.vision.depth)}
-  params["img"] = img
-  return params
-
-
-# ----------------------------------------------------------------------------
 # The project's stages, each its own jitted function.
 
 
@@ -334,99 +206,6 @@ def _stages():
     return jax.lax.fori_loop(0, steps, body, (logits, cache, cache_mask))[0]
 
   return encode, prune, make_prefix, prefill, decode_steps
-
-
-# ----------------------------------------------------------------------------
-# The plain-JAX reference decoder.
-
-
-def reference_weights(params, c):
-  """Per-layer 2-D matrices of the project's Gemma tree, (in, out) layout."""
-  import jax
-  d, h, kh, e = c.width, c.num_heads, c.num_kv_heads, c.head_dim
-
-  @jax.jit
-  def split(lay):
-    attn = lay["attn"]
-    if "qkv_einsum" in attn:
-      w = attn["qkv_einsum"]["w"]                          # (L, 3, H, D, E)
-      wq, wk, wv = w[:, 0], w[:, 1], w[:, 2]
-    else:
-      wq = attn["q_einsum"]["w"]                           # (L, H, D, E)
-      wk, wv = attn["kv_einsum"]["w"][:, 0], attn["kv_einsum"]["w"][:, 1]
-    mat = lambda w, i, heads: w[i].transpose(1, 0, 2).reshape(d, heads * e)
-    gating, lin = lay["mlp"]["gating_einsum"], lay["mlp"]["linear"]
-    return [dict(norm1=lay["pre_attention_norm"]["scale"][i],
-                 wq=mat(wq, i, h), wk=mat(wk, i, kh), wv=mat(wv, i, kh),
-                 wo=attn["attn_vec_einsum"]["w"][i].reshape(h * e, d),
-                 norm2=lay["pre_ffw_norm"]["scale"][i],
-                 wg=gating[i, 0], wu=gating[i, 1], wd=lin[i])
-            for i in range(c.depth)]
-
-  llm = params["llm"]
-  return {"layers": split(llm["layers"]),
-          "final_norm": llm["final_norm"]["scale"],
-          "embedding": llm["embedder"]["input_embedding"]}
-
-
-def _rms(x, scale, eps):
-  import jax
-  import jax.numpy as jnp
-  x32 = x.astype(jnp.float32)
-  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + eps)
-  return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
-
-
-def _rope(x, sin, cos):
-  """x (B, T, ..., E); sin, cos (B, T, E/2) float32; halves convention."""
-  import jax.numpy as jnp
-  shape = sin.shape[:2] + (1,) * (x.ndim - 3) + sin.shape[2:]
-  sin, cos = sin.reshape(shape), cos.reshape(shape)
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin],
-                         -1).astype(x.dtype)
-
-
-def reference_prefill(w, x, positions, input_mask, mask_ar, *, c, dtype):
-  """Plain-jnp Gemma prefill: (last-token logits (B, V), [(k, v)] per layer).
-
-  x (B, L, D) embeddings, positions (B, L), input_mask (B, L) bool, mask_ar
-  (B, L) int: the same dense prefix-LM mask as `make_attention_mask`.
-  k, v: (B, L, Hkv, E).
-  """
-  import jax
-  import jax.numpy as jnp
-  b, t, d = x.shape
-  h, kh, e = c.num_heads, c.num_kv_heads, c.head_dim
-  blocks = jnp.cumsum(mask_ar, axis=1)
-  mask = (blocks[:, None, :] <= blocks[:, :, None]) & input_mask[:, None, :]
-  freq = c.rope_base ** (-jnp.arange(0, e, 2, dtype=jnp.float32) / e)
-  angle = positions.astype(jnp.float32)[..., None] * freq       # (B, L, E/2)
-  sin, cos = jnp.sin(angle), jnp.cos(angle)
-  x = x.astype(dtype)
-  kv = []
-  for lw in w["layers"]:
-    y = _rms(x, lw["norm1"], c.rms_norm_eps)
-    q = (y @ lw["wq"]).reshape(b, t, kh, h // kh, e)
-    k = _rope((y @ lw["wk"]).reshape(b, t, kh, e), sin, cos)
-    v = (y @ lw["wv"]).reshape(b, t, kh, e)
-    q = _rope(q, sin, cos) * jnp.asarray(e ** -0.5, dtype)
-    s = jnp.einsum("btkge,bske->bkgts", q, k,
-                   preferred_element_type=jnp.float32)
-    s = jnp.where(mask[:, None, None], s, -2.0 ** 100)
-    p = jax.nn.softmax(s, axis=-1).astype(dtype)
-    o = jnp.einsum("bkgts,bske->btkge", p, v).reshape(b, t, h * e)
-    x = x + o @ lw["wo"]
-    y = _rms(x, lw["norm2"], c.rms_norm_eps)
-    x = x + (jax.nn.gelu(y @ lw["wg"], approximate=True)
-             * (y @ lw["wu"])) @ lw["wd"]
-    kv.append((k, v))
-  hidden = _rms(x, w["final_norm"], c.rms_norm_eps)
-  last = t - 1 - jnp.argmax(input_mask[:, ::-1], axis=1)          # (B,)
-  h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-  logits = jnp.einsum("bd,vd->bv", h_last, w["embedding"].astype(dtype),
-                      preferred_element_type=jnp.float32)
-  return logits, kv
 
 
 # ----------------------------------------------------------------------------
@@ -538,26 +317,26 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
 
     # Warm-up: compile and run every function once.
     log(f"batch {b}: compiling encode")
-    features = _timed(encode, vlm, params, images)[1]
+    features = timed(encode, vlm, params, images)[1]
     state = {}
     for k, pruned in runs:
       log(f"batch {b}: compiling k={k}{'' if pruned else ' (full)'}")
       if pruned:
-        kept, idx = _timed(prune, method, scorer_params, features, k)[1]
+        kept, idx = timed(prune, method, scorer_params, features, k)[1]
       else:
         kept, idx = features, jnp.broadcast_to(
             jnp.arange(n, dtype=jnp.int32), (b, n))
       prefix = make_prefix(vlm, params, kept, idx, tokens)
       length = k + t
-      pre = _timed(prefill, vlm, params, prefix, length + m)[1]
-      _timed(decode_steps, vlm, params, *pre, m, length)
+      pre = timed(prefill, vlm, params, prefix, length + m)[1]
+      timed(decode_steps, vlm, params, *pre, m, length)
       state[(k, pruned)] = (prefix, pre, length)
     log(f"batch {b}: compiling the plain-JAX reference")
     ref_in = {}
     for k, pruned in ((n, False), (k_ref, True)):
       p = state[(k, pruned)][0]
       ref_in[pruned] = (p.x, p.positions, p.input_mask, p.mask_ar)
-      ref_out = _timed(ref_fn, ref_w, *ref_in[pruned])[1]
+      ref_out = timed(ref_fn, ref_w, *ref_in[pruned])[1]
       if not pruned:  # Same weights and inputs: same logits as the project.
         proj = np.asarray(state[(n, False)][1][0], np.float32)
         err = float(np.max(np.abs(np.asarray(ref_out[0], np.float32) - proj))
@@ -568,34 +347,34 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
     add = lambda key, sec: times.setdefault(key, []).append(sec)
     for r in range(repeats):
       log(f"batch {b}: round {r + 1}/{repeats}")
-      add("encode", _timed(encode, vlm, params, images)[0])
+      add("encode", timed(encode, vlm, params, images)[0])
       for k, pruned in runs:
         prefix, pre, length = state[(k, pruned)]
         if pruned:
-          add(("pruner", k), _timed(prune, method, scorer_params, features,
+          add(("pruner", k), timed(prune, method, scorer_params, features,
                                     k)[0])
         add(("prefill", k, pruned),
-            _timed(prefill, vlm, params, prefix, length + m)[0])
+            timed(prefill, vlm, params, prefix, length + m)[0])
         add(("decode", k, pruned),
-            _timed(decode_steps, vlm, params, *pre, m, length)[0])
+            timed(decode_steps, vlm, params, *pre, m, length)[0])
       for pruned in (False, True):
-        add(("ref", pruned), _timed(ref_fn, ref_w, *ref_in[pruned])[0])
+        add(("ref", pruned), timed(ref_fn, ref_w, *ref_in[pruned])[0])
 
     full_cost = cost.prefill(config.llm, b, n + t, itemsize)
-    full_ms = _stats(times[("prefill", n, False)], "x")["x"]
+    full_ms = stats(times[("prefill", n, False)], "x")["x"]
     scorer_cost = cost.scorer(b, n, config.vision.width, sc.width,
                               sc.num_layers, sc.mlp_ratio, itemsize)
     for k, pruned in runs:
       c = cost.prefill(config.llm, b, k + t, itemsize)
       rec = {"k": k, "batch": b, "pruned": pruned, "n_visual": n,
              "prefix_length": k + t}
-      rec.update(_stats(times["encode"], "encode_ms"))
+      rec.update(stats(times["encode"], "encode_ms"))
       if pruned:
-        rec.update(_stats(times[("pruner", k)], "pruner_ms"))
+        rec.update(stats(times[("pruner", k)], "pruner_ms"))
       else:
         rec.update(pruner_ms=0.0, pruner_ms_min=0.0, pruner_ms_max=0.0)
-      rec.update(_stats(times[("prefill", k, pruned)], "prefill_ms"))
-      rec.update(_stats(times[("decode", k, pruned)], "decode_ms_per_token",
+      rec.update(stats(times[("prefill", k, pruned)], "prefill_ms"))
+      rec.update(stats(times[("decode", k, pruned)], "decode_ms_per_token",
                         scale=m))
       roof_full = full_cost.time(pf, pb)
       roof = c.time(pf, pb)
@@ -692,7 +471,7 @@ def main(argv=None) -> int:
   import jax
   import jax.numpy as jnp
   from autoselect_jax.models import VLM
-  log = _Log()
+  log = Log()
   dtype = jnp.dtype(args.dtype)
   log(f"initialising parameters ({args.dtype}) on {jax.devices()[0]}")
   if args.checkpoint:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from autoselect_jax import bench
+from autoselect_jax.benchmarks import timing, weights
 from autoselect_jax.inference import cost
 from autoselect_jax.method import Scorer
 from autoselect_jax.models import GemmaConfig, VLM, get_variant
@@ -28,8 +29,8 @@ def tiny_run(tmp_path_factory):
   """One tiny end-to-end run: N = 16 visual tokens, K = 4, batch 1 and 2."""
   out = tmp_path_factory.mktemp("bench") / "bench.json"
   mp = pytest.MonkeyPatch()
-  mp.setattr(bench, "MATMUL_N", {"cpu": 256, "gpu": 256})  # Fast peaks.
-  mp.setattr(bench, "BANDWIDTH_BYTES", {"cpu": 2 ** 22, "gpu": 2 ** 22})
+  mp.setattr(timing, "MATMUL_N", {"cpu": 256, "gpu": 256})  # Fast peaks.
+  mp.setattr(timing, "BANDWIDTH_BYTES", {"cpu": 2 ** 22, "gpu": 2 ** 22})
   argv = ["--variant", "tiny", "--k", "4", "--batch", "1,2", "--repeats", "2",
           "--n-text", "4", "--decode-tokens", "2", "--out", str(out)]
   try:
@@ -129,7 +130,7 @@ def test_scorer_cost_matches_a_hand_count():
 def test_hash_params_are_finite_and_shaped():
   vlm = VLM(get_variant("tiny"))
   abstract = vlm.abstract_params()
-  params = bench.hash_params(abstract, jnp.bfloat16, 0)
+  params = weights.hash_params(abstract, jnp.bfloat16, 0)
   for a, p in zip(jax.tree_util.tree_leaves(abstract),
                   jax.tree_util.tree_leaves(params)):
     assert p.shape == a.shape and p.dtype == jnp.bfloat16
@@ -159,7 +160,7 @@ def test_bad_input_is_a_parser_error(argv, message, tmp_path, capsys):
 def test_checkpoint_params_are_cut_to_the_requested_depths(tmp_path):
   from autoselect_jax.checkpoints import store
   full = get_variant("tiny")
-  params = bench.hash_params(VLM(full).abstract_params(), jnp.float32, 0)
+  params = weights.hash_params(VLM(full).abstract_params(), jnp.float32, 0)
   ckpt = str(tmp_path / "ckpt")
   store.save_checkpoint(ckpt, params, full, source="test",
                         write_tokenizer=lambda d: None)
@@ -168,7 +169,7 @@ def test_checkpoint_params_are_cut_to_the_requested_depths(tmp_path):
                             "--vision-layers", "1", "--out", "x.json"])
   config = bench._config(args, parser)
   assert (config.llm.depth, config.vision.depth) == (1, 1)
-  cut = bench.load_params(ckpt, config, full, jnp.bfloat16)
+  cut = weights.load_params(ckpt, config, full, jnp.bfloat16)
   want = VLM(config).abstract_params()
   assert jax.tree_util.tree_structure(cut) == jax.tree_util.tree_structure(want)
   for a, b in zip(jax.tree_util.tree_leaves(cut),

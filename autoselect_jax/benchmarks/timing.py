@@ -1,0 +1,69 @@
+"""Timing helpers and the device's own peaks (matmul FLOP/s, memory bytes/s)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+# Kernel sizes for the peak measurements, per platform.
+MATMUL_N = {"cpu": 2048, "gpu": 16384}
+BANDWIDTH_BYTES = {"cpu": 256 * 2 ** 20, "gpu": 2 * 2 ** 30}
+
+
+class Log:
+  """Progress lines on stderr, with the elapsed time."""
+
+  def __init__(self):
+    self.t0 = time.perf_counter()
+
+  def __call__(self, msg: str) -> None:
+    print(f"[bench {time.perf_counter() - self.t0:6.1f}s] {msg}",
+          file=sys.stderr, flush=True)
+
+
+def timed(fn, *args):
+  """(seconds, output) of one call, waited for."""
+  import jax
+  t0 = time.perf_counter()
+  out = fn(*args)
+  jax.block_until_ready(out)
+  return time.perf_counter() - t0, out
+
+
+def stats(seconds: list[float], name: str, scale: float = 1.0) -> dict:
+  """Median / min / max in milliseconds, as name, name_min, name_max."""
+  ms = [s * 1e3 / scale for s in seconds]
+  return {name: statistics.median(ms), f"{name}_min": min(ms),
+          f"{name}_max": max(ms)}
+
+
+def measure_peak_flops(dtype, platform: str, repeats: int = 5) -> dict:
+  """Best FLOP/s of a square (n, n) @ (n, n) matmul in `dtype`."""
+  import jax
+  import jax.numpy as jnp
+  n = MATMUL_N.get(platform, MATMUL_N["gpu"])
+  ka, kb = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
+  f = jax.jit(jnp.matmul)
+  timed(f, a, b)
+  best = min(timed(f, a, b)[0] for _ in range(repeats))
+  return {"kernel": f"matmul {n}x{n}x{n}", "flops_per_s": 2 * n ** 3 / best}
+
+
+def measure_bandwidth(dtype, platform: str, repeats: int = 5) -> dict:
+  """Best bytes/s of a sum (reads) and of x * 2 + 1 (reads + writes)."""
+  import jax
+  import jax.numpy as jnp
+  nbytes = BANDWIDTH_BYTES.get(platform, BANDWIDTH_BYTES["gpu"])
+  x = jnp.ones((nbytes // jnp.dtype(dtype).itemsize,), dtype)
+  kernels = {"sum": (jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32)), nbytes),
+             "x*2+1": (jax.jit(lambda x: x * 2 + 1), 2 * nbytes)}
+  rates = {}
+  for name, (f, moved) in kernels.items():
+    timed(f, x)
+    rates[name] = moved / min(timed(f, x)[0] for _ in range(repeats))
+  del x
+  return {"kernels": {k: float(v) for k, v in rates.items()},
+          "array_bytes": nbytes, "bytes_per_s": float(max(rates.values()))}
