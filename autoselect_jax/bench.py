@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--init", default="hash", choices=("hash", "flax"),
                  help="random weights: a fast index hash (default) or the "
                  "model's own initialisers (slow on CPU)")
+  p.add_argument("--scan-layers", action="store_true",
+                 help="time the scanned (training) layer layout instead of "
+                 "the per-layer weights that inference uses")
   p.add_argument("--out", required=True, help="JSON file to write")
   return p
 
@@ -260,18 +263,24 @@ def _targets(records, reference) -> dict:
 
 def run_benchmark(config, params, *, dtype_name: str, ks, batches,
                   repeats: int, n_text: int, decode_tokens: int, seed: int,
-                  init: str = "hash", log=print, on_batch=None) -> dict:
-  """Times every stage; returns the JSON dict (without command / variant)."""
+                  init: str = "hash", scan_layers: bool = False, log=print,
+                  on_batch=None) -> dict:
+  """Times every stage; returns the JSON dict (without command / variant).
+
+  `params` are in the stacked (checkpoint) layout. The project runs on
+  per-layer weights (`models.unstack_layers`), as `inference.Pipeline` does,
+  unless `scan_layers`.
+  """
   import jax
   import jax.numpy as jnp
   import numpy as np
   from autoselect_jax.inference import cost
   from autoselect_jax.method import AutoSelect, Scorer
-  from autoselect_jax.models import VLM
+  from autoselect_jax.models import VLM, unstack_layers
 
   dtype = jnp.dtype(dtype_name)
   dev = jax.devices()[0]
-  vlm = VLM(config, dtype)
+  vlm = VLM(config, dtype, scan_layers=scan_layers)
   n, t, m = config.num_image_tokens, n_text, decode_tokens
   itemsize = dtype.itemsize
   method = AutoSelect(vlm, scorer=Scorer(dtype=dtype))
@@ -283,6 +292,8 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
         lambda a: a.astype(dtype), method.init(r)))(jax.random.key(seed + 1))
   encode, prune, make_prefix, prefill, decode_steps = _stages()
   ref_w = reference_weights(params, config.llm)
+  if not scan_layers:
+    params = unstack_layers(params)
   ref_fn = jax.jit(functools.partial(reference_prefill, c=config.llm,
                                      dtype=dtype))
 
@@ -298,6 +309,7 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
   sc = method.scorer
   out = {
       "device": f"{dev.device_kind} ({dev.platform})",
+      "layer_layout": "scanned" if scan_layers else "per-layer",
       "platform": dev.platform, "dtype": dtype_name, "n_visual": n,
       "n_text": t, "decode_tokens": m, "repeats": repeats,
       "llm_layers": config.llm.depth, "vision_layers": config.vision.depth,
@@ -492,8 +504,8 @@ def main(argv=None) -> int:
   res = run_benchmark(config, params, dtype_name=args.dtype, ks=args.k,
                       batches=args.batch, repeats=args.repeats,
                       n_text=args.n_text, decode_tokens=args.decode_tokens,
-                      seed=args.seed, init=args.init, log=log,
-                      on_batch=save)
+                      seed=args.seed, init=args.init,
+                      scan_layers=args.scan_layers, log=log, on_batch=save)
   save(res, complete=True)
   print(format_table({**head, **res}))
   log(f"wrote {args.out}")

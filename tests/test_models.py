@@ -113,3 +113,36 @@ def test_unrolled_layer_scan_gives_the_same_logits():
   np.testing.assert_allclose(
       scanned.forward(params, images, tokens, mask, ar),
       unrolled.forward(params, images, tokens, mask, ar), atol=1e-5, rtol=0)
+
+
+def test_unstacked_layers_give_the_same_outputs_and_cache():
+  """`scan_layers=False` on `unstack_layers(params)` is the same model."""
+  from autoselect_jax.inference import decode
+  from autoselect_jax.models import unstack_layers
+  c = get_variant("tiny-gqa")
+  scanned, loose = VLM(c), VLM(c, scan_layers=False)
+  params = scanned.init_params(jax.random.key(0))
+  flat = unstack_layers(params)
+  assert jax.tree_util.tree_structure(flat) == jax.tree_util.tree_structure(
+      loose.abstract_params())
+  images = jax.random.uniform(jax.random.key(1), (2, c.vision.image_size,
+                                                  c.vision.image_size, 3),
+                              minval=-1, maxval=1)
+  tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6) + 3
+  mask = jnp.array([[1] * 6, [1] * 4 + [0] * 2], bool)
+  ar = jnp.zeros((2, 6), jnp.int32)
+  np.testing.assert_allclose(scanned.forward(params, images, tokens, mask, ar),
+                             loose.forward(flat, images, tokens, mask, ar),
+                             atol=1e-5, rtol=0)
+  # Prefill + one cached step: same logits and caches.
+  outs = []
+  for vlm, p in ((scanned, params), (loose, flat)):
+    prefix = decode.full_prefix(vlm, p, images, tokens, mask, ar)
+    logits, cache, cache_mask, pos = decode.prefill(vlm, p, prefix, 40)
+    step, cache, _ = decode.extend(vlm, p, jnp.argmax(logits, -1), pos + 1,
+                                   cache, cache_mask, prefix.x.shape[1])
+    outs.append((logits, step, cache.k, cache.v))
+  for a, b in zip(*outs):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="stacked"):
+    unstack_layers(flat)

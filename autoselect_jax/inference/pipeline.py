@@ -30,7 +30,7 @@ from autoselect_jax.inference.prune import (LearnedScores, ScoreFn,
                                             jit_full_prefix, jit_pruned_prefix)
 from autoselect_jax.method.modules import Scorer
 from autoselect_jax.method.selection import POSITION_POLICIES
-from autoselect_jax.models import VLM
+from autoselect_jax.models import VLM, unstack_layers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -91,13 +91,15 @@ class Pipeline:
     if dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     config = store.load_config(ckpt_dir)
-    vlm = VLM(config, DTYPES[dtype])
+    # Per-layer weights: a scanned model copies each layer out of its stack
+    # on every call (measured by autoselect_jax.bench).
+    vlm = VLM(config, DTYPES[dtype], scan_layers=False)
     score_fn = score_params = None
     trained_policy = "original"
     if scorer_dir is not None:
       score_fn, score_params, trained_policy = load_learned_scores(scorer_dir,
                                                                    vlm)
-    params = store.load_params(ckpt_dir, config)
+    params = unstack_layers(store.load_params(ckpt_dir, config))
     return cls(vlm, params, Processor.from_checkpoint(ckpt_dir, config),
                score_fn, score_params, policy or trained_policy)
 

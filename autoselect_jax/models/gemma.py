@@ -195,15 +195,23 @@ class Gemma(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   unroll: int = 1  # Scan unroll; small models run faster unrolled on CPU.
+  # False: one submodule per layer (`layers_0`, ...; see `unstack_layers`).
+  # Inside a scan XLA copies each layer's weights out of the stacked arrays
+  # on every call; per-layer arrays are read in place (inference).
+  scan_layers: bool = True
 
   def setup(self):
     c = self.config
     self.embedder = Embedder(c.vocab_size, c.width, self.dtype)
     block = nn.remat(Block) if self.remat else Block
-    self.layers = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
-        length=c.depth, unroll=self.unroll)(c, self.dtype)
+    if self.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+          length=c.depth, unroll=self.unroll)(c, self.dtype)
+    else:
+      self.blocks = [block(c, self.dtype, name=f"layers_{i}")
+                     for i in range(c.depth)]
     self.final_norm = RMSNorm(c.rms_norm_eps)
 
   def embed(self, tokens):
@@ -236,7 +244,17 @@ class Gemma(nn.Module):
       raise ValueError("cache_index is required with a cache")
     kv = None if cache is None else (cache.k, cache.v)
     index = 0 if cache_index is None else cache_index
-    x, (k, v) = self.layers(x.astype(self.dtype), positions, mask, index, kv)
+    x = x.astype(self.dtype)
+    if self.scan_layers:
+      x, (k, v) = self.layers(x, positions, mask, index, kv)
+    else:
+      ks, vs = [], []
+      for i, block in enumerate(self.blocks):
+        x, (k, v) = block(x, positions, mask, index,
+                          None if kv is None else (kv[0][i], kv[1][i]))
+        ks.append(k)
+        vs.append(v)
+      k, v = jnp.stack(ks), jnp.stack(vs)
     return self.final_norm(x), KVCache(k, v)
 
   def logits(self, hidden):

@@ -48,12 +48,14 @@ class PaliGemma(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   unroll: int = 1  # Layer-scan unroll (True: fully), for speed only.
+  scan_layers: bool = True  # False: per-layer params (`unstack_layers`).
 
   def setup(self):
     c = self.config
     self.img = SiglipVision(c.vision, c.llm.width, self.dtype, self.remat,
-                            self.unroll)
-    self.llm = Gemma(c.llm, self.dtype, self.remat, self.unroll)
+                            self.unroll, self.scan_layers)
+    self.llm = Gemma(c.llm, self.dtype, self.remat, self.unroll,
+                     self.scan_layers)
 
   def encode_image(self, images):
     """(B, H, W, 3) in [-1, 1] -> (B, N, Dv)."""
@@ -102,10 +104,12 @@ class VLM:
   dtype: Any = jnp.float32
   remat: bool = False
   unroll: int = 1
+  scan_layers: bool = True
 
   @property
   def module(self) -> PaliGemma:
-    return PaliGemma(self.config, self.dtype, self.remat, self.unroll)
+    return PaliGemma(self.config, self.dtype, self.remat, self.unroll,
+                     self.scan_layers)
 
   @property
   def num_visual_tokens(self) -> int:
@@ -158,6 +162,29 @@ class VLM:
   def abstract_params(self) -> Params:
     """Shapes and dtypes of the parameter tree, without allocating it."""
     return jax.eval_shape(self.init_params, jax.random.key(0))
+
+
+def unstack_layers(params) -> Params:
+  """Scan-layout params (layers stacked on axis 0, as checkpoints store them)
+  -> one subtree per layer, for `VLM(..., scan_layers=False)`.
+
+  Run once, outside jit: it copies every layer out of its stack, which a
+  scanned model otherwise does inside every call.
+  """
+  def split(stacked, prefix):
+    depth = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    return {f"{prefix}_{i}": jax.tree_util.tree_map(lambda a: a[i], stacked)
+            for i in range(depth)}
+
+  if "layers" not in params["llm"]:
+    raise ValueError("params are not in the stacked (scan) layout: "
+                     "llm/layers is missing")
+  llm = dict(params["llm"])
+  llm.update(split(llm.pop("layers"), "layers"))
+  enc = dict(params["img"]["Transformer"])
+  enc.update(split(enc.pop("encoderblock"), "encoderblock"))
+  return {**params, "llm": llm,
+          "img": {**params["img"], "Transformer": enc}}
 
 
 def init_cache(config: PaliGemmaConfig, batch: int, size: int,

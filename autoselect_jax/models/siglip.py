@@ -86,15 +86,20 @@ class Encoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   unroll: int = 1  # Scan unroll; small models run faster unrolled on CPU.
+  scan_layers: bool = True  # False: `encoderblock_0`, ... (see gemma.Gemma).
 
   @nn.compact
   def __call__(self, x, mask=None):
     block = nn.remat(Encoder1DBlock) if self.remat else Encoder1DBlock
-    stack = nn.scan(block, variable_axes={"params": 0},
-                    split_rngs={"params": True}, in_axes=nn.broadcast,
-                    length=self.depth, unroll=self.unroll)
-    x, _ = stack(self.num_heads, self.mlp_dim, self.eps, self.dtype,
-                 name="encoderblock")(x, mask)
+    args = (self.num_heads, self.mlp_dim, self.eps, self.dtype)
+    if not self.scan_layers:
+      for i in range(self.depth):
+        x, _ = block(*args, name=f"encoderblock_{i}")(x, mask)
+    else:
+      stack = nn.scan(block, variable_axes={"params": 0},
+                      split_rngs={"params": True}, in_axes=nn.broadcast,
+                      length=self.depth, unroll=self.unroll)
+      x, _ = stack(*args, name="encoderblock")(x, mask)
     return nn.LayerNorm(epsilon=self.eps, dtype=self.dtype,
                         name="encoder_norm")(x)
 
@@ -128,6 +133,7 @@ class SiglipVision(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   unroll: int = 1
+  scan_layers: bool = True
 
   def setup(self):
     c = self.config
@@ -137,7 +143,7 @@ class SiglipVision(nn.Module):
         (1, c.num_tokens, c.width))
     self.Transformer = Encoder(c.depth, c.num_heads, c.mlp_dim,
                                c.layer_norm_eps, self.dtype, self.remat,
-                               self.unroll)
+                               self.unroll, self.scan_layers)
     self.head = nn.Dense(self.out_dim, dtype=self.dtype)
 
   def __call__(self, images):
