@@ -24,7 +24,7 @@ def get_config():
   c.autoselect.scorer_heads = 4
   c.autoselect.denoiser_heads = 4
 
-  c.tau.steps = 150
+  c.tau.steps = 110
 
   c.data.source = "synthetic"
   c.data.max_text_len = 24
@@ -33,12 +33,12 @@ def get_config():
   c.optim.warmup_steps = 20
 
   c.batch_size = 64
-  c.num_steps = 200
-  c.log_every = 20
-  c.eval_every = 100
+  c.num_steps = 150
+  c.log_every = 15
+  c.eval_every = 75
   c.eval_batches = 4
   c.early_stopping_patience = 0
-  c.checkpoint.every = 100
+  c.checkpoint.every = 75
 
   d = c.demo
   d.enabled = True
@@ -47,7 +47,7 @@ def get_config():
   d.num_eval = 500        # Held-out images for the final table.
   d.num_val = 256         # Validation loss during training.
   d.budgets = "4,8,16"
-  d.pretrain_steps = 1000
+  d.pretrain_steps = 800
   d.pretrain_batch_size = 64
   d.pretrain_lr = 2e-3
   d.pretrain_seed = 0

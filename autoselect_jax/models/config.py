@@ -139,7 +139,7 @@ VARIANTS: dict[str, PaliGemmaConfig] = {
     "demo": PaliGemmaConfig(
         vision=SiglipConfig(image_size=64, patch_size=8, width=128, depth=2,
                             num_heads=4, mlp_dim=256),
-        llm=GemmaConfig(vocab_size=102, width=128, depth=2, num_heads=4,
+        llm=GemmaConfig(vocab_size=102, width=128, depth=1, num_heads=4,
                         num_kv_heads=1, head_dim=32, mlp_dim=256),
         image_token_id=101, bos_token_id=2, eos_token_id=1, pad_token_id=0),
 }
