@@ -65,8 +65,9 @@ def init_params(vlm: VLM, seed: int):
   - The first SigLIP block's attention output projection starts at zero, so
     that block begins as a per-patch MLP on the linear patch embedding (the
     feasibility study's MLP patch embedding): with it, 1000 steps of batch 64
-    reached 0.942 caption exact match (full 64 tokens), oracle 0.726 vs
-    random 0.184 at K=8; without it 600 x 32 steps reached 0.40.
+    of a 2-block-decoder VLM reached 0.942 caption exact match (full 64
+    tokens), oracle 0.726 vs random 0.184 at K=8; without it 600 x 32 steps
+    reached 0.40.
   """
   params = vlm.init_params(jax.random.key(seed))
   c = vlm.config
