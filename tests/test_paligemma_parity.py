@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import hf_reference
+from decode_reference import assert_cached_decode_matches_recompute
 from autoselect_jax.checkpoints import store
 from autoselect_jax.data.processor import Processor
 from autoselect_jax.inference.decode import full_prefix, greedy_decode
@@ -95,36 +96,11 @@ def test_greedy_generation_matches_hf_generate(hf_mqa):
 
 def test_cached_decoding_equals_full_recompute(hf_mqa):
   """Logits of prefill + one-token extends equal one pass over the sequence."""
-  from autoselect_jax.inference import decode
-  from autoselect_jax.models import make_attention_mask
   _, _, _, ckpt = hf_mqa
   vlm, params, proc = _ours(ckpt)
   images = np.stack([proc.image(im) for im in hf_reference.random_images(2, 32)])
   text = proc.batch([proc.encode(p) for p in PREFIXES])
   prefix = full_prefix(vlm, params, images, text.tokens, text.input_mask,
                        text.mask_ar)
-  steps = 4
-  b, l = prefix.input_mask.shape
-  logits, cache, cache_mask, pos = decode.prefill(vlm, params, prefix,
-                                                  l + steps)
   new_tokens = np.array([[5, 9, 11, 7], [6, 8, 10, 12]], np.int32)
-  cached = []
-  for t in range(steps):
-    pos = pos + 1
-    logits, cache, cache_mask = decode.extend(
-        vlm, params, jnp.asarray(new_tokens[:, t]), pos, cache, cache_mask,
-        l + t)
-    cached.append(np.asarray(logits))
-  # Full recompute: each example's real prefix followed by the new tokens.
-  for i in range(b):
-    real = int(prefix.input_mask[i].sum())
-    x = jnp.concatenate([prefix.x[i:i + 1, :real],
-                         vlm.embed_text(params, new_tokens[i:i + 1])], 1)
-    positions = jnp.arange(real + steps)[None]
-    mask_ar = jnp.concatenate([prefix.mask_ar[i:i + 1, :real],
-                               jnp.ones((1, steps), jnp.int32)], 1)
-    mask = make_attention_mask(jnp.ones((1, real + steps), bool), mask_ar)
-    hidden, _ = vlm.run_llm(params, x, positions, mask)
-    full = np.asarray(vlm.logits(params, hidden))[0, real:]
-    np.testing.assert_allclose(np.stack([c[i] for c in cached]), full,
-                               atol=1e-4, rtol=0)
+  assert_cached_decode_matches_recompute(vlm, params, prefix, new_tokens)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hf_reference
+from decode_reference import assert_cached_decode_matches_recompute
 from autoselect_jax import generate
 from autoselect_jax.checkpoints.scorer import export_scorer
 from autoselect_jax.checkpoints.tree import ConversionError
@@ -20,7 +21,6 @@ from autoselect_jax.inference import decode
 from autoselect_jax.inference.pipeline import Pipeline, load_learned_scores
 from autoselect_jax.inference.prune import jit_pruned_prefix
 from autoselect_jax.method.modules import Scorer
-from autoselect_jax.models import make_attention_mask
 
 PROMPTS = ["caption en", "what is in the image and where is the red cat"]
 SCORER = Scorer(num_layers=1, num_heads=2, mlp_ratio=2.0)
@@ -170,31 +170,8 @@ def test_pruned_cache_decode_equals_recompute(pipe):
   prefix, _ = jit_pruned_prefix(
       vlm, params, pixels, text.tokens, text.input_mask, text.mask_ar, k=k,
       score_fn=pipe.score_fn, score_params=pipe.score_params)
-  steps, (b, l) = 3, prefix.input_mask.shape
-  logits, cache, cache_mask, pos = decode.prefill(vlm, params, prefix,
-                                                  l + steps)
   new = np.array([[5, 9, 11], [6, 8, 10]], np.int32)
-  cached = []
-  for t in range(steps):
-    pos = pos + 1
-    logits, cache, cache_mask = decode.extend(
-        vlm, params, jnp.asarray(new[:, t]), pos, cache, cache_mask, l + t)
-    cached.append(np.asarray(logits))
-  for i in range(b):
-    real = int(prefix.input_mask[i].sum())
-    x = jnp.concatenate([prefix.x[i:i + 1, :real],
-                         vlm.embed_text(params, new[i:i + 1])], 1)
-    last = prefix.positions[i, real - 1]
-    positions = jnp.concatenate(
-        [prefix.positions[i:i + 1, :real], last + 1 + jnp.arange(steps)[None]],
-        1)
-    mask_ar = jnp.concatenate([prefix.mask_ar[i:i + 1, :real],
-                               jnp.ones((1, steps), jnp.int32)], 1)
-    mask = make_attention_mask(jnp.ones((1, real + steps), bool), mask_ar)
-    hidden, _ = vlm.run_llm(params, x, positions, mask)
-    full = np.asarray(vlm.logits(params, hidden))[0, real:]
-    np.testing.assert_allclose(np.stack([c[i] for c in cached]), full,
-                               atol=1e-4, rtol=0)
+  assert_cached_decode_matches_recompute(vlm, params, prefix, new)
 
 
 def test_sampling_is_seeded_and_per_example(pipe):
