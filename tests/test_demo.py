@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from autoselect_jax.checkpoints import store
-from autoselect_jax.data import synthetic
+from autoselect_jax.demo import synthetic
 from autoselect_jax.data.processor import Encoded
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as ev

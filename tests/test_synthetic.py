@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from autoselect_jax.data import synthetic
+from autoselect_jax.demo import synthetic
 
 SPEC = synthetic.TaskSpec()
 INDICES = range(60)

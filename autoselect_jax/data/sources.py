@@ -128,26 +128,3 @@ class ParquetSource:
     state = dict(self.__dict__)
     state["_cache"] = None
     return state
-
-
-class SyntheticSource:
-  """Examples [start, start + n) of the demo's shapes task (data/synthetic.py),
-  rendered on access, so Grain can shuffle and shard them like files."""
-
-  def __init__(self, seed: int, start: int, n: int,
-               prompt: str = "caption en"):
-    from autoselect_jax.data import synthetic
-    self._make = synthetic.make_example
-    self.seed, self.start, self.n, self.prompt = seed, start, n, prompt
-
-  def __len__(self) -> int:
-    return self.n
-
-  def __repr__(self) -> str:
-    return f"SyntheticSource(seed={self.seed}, start={self.start}, n={self.n})"
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    if not 0 <= i < self.n:
-      raise IndexError(i)
-    ex = self._make(self.seed, self.start + i)
-    return {"image": ex.image, "prefix": self.prompt, "suffix": ex.caption}

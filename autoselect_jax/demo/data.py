@@ -12,7 +12,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from autoselect_jax.data import synthetic
+from autoselect_jax.demo import synthetic
 from autoselect_jax.data.processor import Processor
 
 PROMPT = synthetic.PROMPT

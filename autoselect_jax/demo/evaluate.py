@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autoselect_jax.data import synthetic
+from autoselect_jax.demo import synthetic
 from autoselect_jax.data.processor import Processor
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.inference.decode import build_prefix

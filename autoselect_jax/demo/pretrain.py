@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from autoselect_jax.checkpoints import store
-from autoselect_jax.data import synthetic
+from autoselect_jax.demo import synthetic
 from autoselect_jax.data.processor import Processor
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval

@@ -15,6 +15,7 @@ import numpy as np
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval
 from autoselect_jax.demo import pretrain
+from autoselect_jax.demo.synthetic import SyntheticSource
 
 
 def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
@@ -28,7 +29,6 @@ def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def sources(c: ml_collections.ConfigDict):
-  from autoselect_jax.data.sources import SyntheticSource
   d = c.demo
   train = SyntheticSource(d.data_seed, 0, d.num_train, c.data.prompt)
   val = SyntheticSource(d.data_seed, demo_data.EVAL_START + d.num_eval,

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from autoselect_jax.data import synthetic
+from autoselect_jax.demo import synthetic
 
 IMAGE_TOKEN = "<image>"
 # Enough merges that every task word is one piece: captions of four objects

@@ -235,3 +235,26 @@ def write_split(out_dir: str, seed: int, indices: Iterable[int],
                           "object_cells": ex.object_cells.tolist()}) + "\n")
   os.replace(tmp, manifest)
   return manifest
+
+
+class SyntheticSource:
+  """Examples [start, start + n) of the stream `seed`, rendered on access, as
+  a Grain random-access source (so it shuffles and shards like files)."""
+
+  def __init__(self, seed: int, start: int, n: int, prompt: str = PROMPT):
+    if seed < 0 or start < 0 or n < 1:
+      raise ValueError(f"SyntheticSource: need seed={seed} >= 0, "
+                       f"start={start} >= 0 and n={n} >= 1")
+    self.seed, self.start, self.n, self.prompt = seed, start, n, prompt
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __repr__(self) -> str:  # Part of the checkpointed iterator state.
+    return f"SyntheticSource(seed={self.seed}, start={self.start}, n={self.n})"
+
+  def __getitem__(self, i: int) -> dict:
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    ex = make_example(self.seed, self.start + i)
+    return {"image": ex.image, "prefix": self.prompt, "suffix": ex.caption}
