@@ -3,7 +3,8 @@
   python -m autoselect_jax.convert --hf HF_FOLDER --out DIR
   python -m autoselect_jax.convert --big-vision FILE.npz --tokenizer TOK --out DIR
 
-HF folders: config.json plus model.safetensors or sharded safetensors with
+HF folders: config.json (and generation_config.json, if there, for the
+special-token ids) plus model.safetensors or sharded safetensors with
 model.safetensors.index.json, and the tokenizer files. big_vision: the .npz and
 `--tokenizer`, either the SentencePiece `.model` file or an HF tokenizer folder.
 Pickle files are never loaded. On any error nothing is left at --out.
@@ -15,19 +16,19 @@ import argparse
 import functools
 import os
 import sys
+import tempfile
 
 import numpy as np
 
 from autoselect_jax.checkpoints import big_vision, hf, store
+from autoselect_jax.checkpoints.safetensors_io import SafetensorsFolder
 from autoselect_jax.checkpoints.tokenizer_files import copy_tokenizer_files, write_tokenizer
 from autoselect_jax.checkpoints.tree import ConversionError
-
-_DTYPES = {"float32": np.float32, "bfloat16": None}
 
 
 def convert_hf(folder: str, out: str, dtype: str = "float32") -> None:
   config = hf.read_hf_config(folder)
-  tensors = _safetensors(folder)
+  tensors = SafetensorsFolder(folder)
   params = hf.hf_to_params(tensors, config)
   store.save_checkpoint(out, params, config, source=f"hf:{os.path.abspath(folder)}",
                         write_tokenizer=functools.partial(copy_tokenizer_files,
@@ -52,7 +53,6 @@ def convert_big_vision(npz: str, tokenizer: str, out: str,
 
 def _special_ids(tokenizer_source: str) -> dict[str, int]:
   """bos/eos/pad/<image> ids of the tokenizer the checkpoint will carry."""
-  import tempfile
   from autoselect_jax.data.processor import IMAGE_TOKEN, load_tokenizer
   with tempfile.TemporaryDirectory() as tmp:
     write_tokenizer(tokenizer_source, tmp)
@@ -60,11 +60,6 @@ def _special_ids(tokenizer_source: str) -> dict[str, int]:
   return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
           "pad_token_id": tok.pad_token_id,
           "image_token_id": tok.convert_tokens_to_ids(IMAGE_TOKEN)}
-
-
-def _safetensors(folder):
-  from autoselect_jax.checkpoints.safetensors_io import SafetensorsFolder
-  return SafetensorsFolder(folder)
 
 
 def _np_dtype(name: str):

@@ -1,9 +1,10 @@
-"""Helpers shared by the converters: errors, tree flattening, shape checks."""
+"""Helpers shared by the converters: errors, '/'-joined flat trees, shape checks."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from autoselect_jax.models.config import PaliGemmaConfig
 
@@ -12,37 +13,26 @@ class ConversionError(ValueError):
   """A checkpoint that does not match the model it claims to be."""
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-  """{'a': {'b': x}} -> {'a/b': x}."""
-  out = {}
-  for k, v in tree.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(flatten(v, key + "/"))
-    else:
-      out[key] = v
-  return out
+def flatten(tree) -> dict:
+  """{'a': {'b': x}} -> {'a/b': x} (flax.traverse_util with sep='/')."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
-def unflatten(flat: dict[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for key, v in flat.items():
-    node = tree
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-      if not isinstance(node, dict):
-        raise ConversionError(f"key {key!r} nests under an array")
-    node[leaf] = v
-  return tree
+def unflatten(flat: dict) -> dict:
+  """{'a/b': x} -> {'a': {'b': x}}; refuses a key that is also a subtree."""
+  for key in flat:
+    parts = key.split("/")
+    for i in range(1, len(parts)):
+      if "/".join(parts[:i]) in flat:
+        raise ConversionError(f"key {key!r} nests under the array "
+                              f"{'/'.join(parts[:i])!r}")
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def check_tree(params: dict, config: PaliGemmaConfig) -> None:
   """Raises ConversionError naming every missing, extra or mis-shaped leaf."""
   from autoselect_jax.models.paligemma import VLM  # Heavy import, lazily.
-  want = flatten(jax.tree_util.tree_map(lambda a: a.shape,
-                                        VLM(config).abstract_params(),
-                                        is_leaf=lambda x: hasattr(x, "shape")))
+  want = flatten(jax.tree.map(lambda a: a.shape, VLM(config).abstract_params()))
   have = flatten(params)
   problems = []
   for key in sorted(set(want) - set(have)):
