@@ -1,6 +1,7 @@
 """Weight conversion: HF safetensors (every key spelling, sharded, bf16) and
-big_vision npz (scanned and unscanned) give identical parameters; bad input
-fails with an error naming the problem and leaves nothing at --out."""
+big_vision npz (scanned and unscanned layers, bf16) give identical parameters;
+special-token ids follow HF's precedence; bad input fails with an error naming
+the problem and leaves nothing at --out."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from autoselect_jax import convert
-from autoselect_jax.checkpoints import store
+from autoselect_jax.checkpoints import big_vision, hf, store
 from autoselect_jax.checkpoints.hf import canonical_keys
 from autoselect_jax.checkpoints.safetensors_io import SafetensorsFolder
 from autoselect_jax.checkpoints.tree import ConversionError, flatten
@@ -111,7 +112,21 @@ def to_big_vision(state, cfg):
   return out, blocks, layers
 
 
-def _write_npz(path, out, blocks, layers, scanned=True):
+def _write_npz(path, out, blocks, layers, *, scanned=True, prefix="params/",
+               extra=None):
+  """Writes an npz with the names big_vision gives its parameters
+  (google-research/big_vision, models/proj/paligemma/paligemma.py: towers
+  `img` and `llm`; gemma_bv.py adds no level under `llm`).
+
+  scanned (scan=True, the published configs): one subtree per layer stack,
+    leading L axis: img/Transformer/encoderblock/..., llm/layers/...
+  unscanned: models/vit.py Encoder(scan=False) names block i
+    `encoderblock_{i}` (img/Transformer/encoderblock_0/...), and
+    models/ppp/gemma.py Model(scan=False) binds block i to the scope
+    `layers/{i}` (llm/layers/0/attn/...).
+  `prefix`: published files hold the `params/` subtree. `extra`: more arrays,
+  e.g. optimizer state.
+  """
   flat = dict(out)
   if scanned:
     for name in blocks[0]:
@@ -125,17 +140,19 @@ def _write_npz(path, out, blocks, layers, scanned=True):
       flat.update({f"img/Transformer/encoderblock_{i}/{n}": a
                    for n, a in blk.items()})
     for i, lay in layers.items():
-      flat.update({f"llm/layers_{i}/{n}": a for n, a in lay.items()})
-  np.savez(path, **{f"params/{k}": v for k, v in flat.items()})
+      flat.update({f"llm/layers/{i}/{n}": a for n, a in lay.items()})
+  np.savez(path, **{f"{prefix}{k}": v for k, v in flat.items()}, **(extra or {}))
 
 
-@pytest.mark.parametrize("scanned", [True, False])
-def test_big_vision_npz_converts_to_identical_params(hf_mqa, tmp_path, scanned):
-  folder, _, _, ckpt = hf_mqa
+def _hf_config(folder):
   with open(os.path.join(folder, "config.json")) as f:
-    cfg = json.load(f)
+    return json.load(f)
+
+
+def test_big_vision_npz_converts_to_identical_params(hf_mqa, tmp_path):
+  folder, _, _, ckpt = hf_mqa
   npz = str(tmp_path / "pg.npz")
-  _write_npz(npz, *to_big_vision(_state(folder), cfg), scanned=scanned)
+  _write_npz(npz, *to_big_vision(_state(folder), _hf_config(folder)))
   out = str(tmp_path / "bv")
   assert convert.main(["--big-vision", npz, "--tokenizer", folder,
                        "--out", out]) == 0
@@ -143,12 +160,54 @@ def test_big_vision_npz_converts_to_identical_params(hf_mqa, tmp_path, scanned):
   _assert_same_params(out, ckpt)
 
 
+def test_big_vision_unscanned_npz_equals_scanned(hf_mqa, tmp_path):
+  folder = hf_mqa[0]
+  pieces = to_big_vision(_state(folder), _hf_config(folder))
+  outs = {}
+  for scanned in (True, False):
+    npz = str(tmp_path / f"scanned_{scanned}.npz")
+    _write_npz(npz, *pieces, scanned=scanned)
+    outs[scanned] = str(tmp_path / f"out_{scanned}")
+    convert.convert_big_vision(npz, folder, outs[scanned])
+  with np.load(str(tmp_path / "scanned_False.npz")) as z:
+    assert "params/llm/layers/1/attn/q_einsum/w" in z.files
+    assert "params/img/Transformer/encoderblock_1/LayerNorm_0/scale" in z.files
+  assert store.load_config(outs[False]) == store.load_config(outs[True])
+  _assert_same_params(outs[False], outs[True])
+
+
+def test_big_vision_bfloat16_npz(hf_mqa, tmp_path):
+  """np.savez keeps bfloat16 as 2-byte void, as in big_vision's *.bf16.npz."""
+  folder = hf_mqa[0]
+  bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in _state(folder).items()}
+  ref = str(tmp_path / "ref")
+  convert.convert_hf(_hf_copy(folder, str(tmp_path / "hf_bf16"), bf16), ref)
+  npz = str(tmp_path / "pg.bf16.npz")
+  _write_npz(npz, *to_big_vision(bf16, _hf_config(folder)))
+  with np.load(npz) as z:
+    assert z["params/llm/final_norm/scale"].dtype.kind == "V"
+  out = str(tmp_path / "bv")
+  convert.convert_big_vision(npz, folder, out)
+  _assert_same_params(out, ref)
+
+
+def test_npz_params_subtree_is_read_and_other_state_ignored(hf_mqa, tmp_path):
+  folder = hf_mqa[0]
+  pieces = to_big_vision(_state(folder), _hf_config(folder))
+  bare, full = str(tmp_path / "bare.npz"), str(tmp_path / "full.npz")
+  _write_npz(bare, *pieces, prefix="")
+  opt = {"opt/1/mu/llm/final_norm/scale": np.zeros(4, np.float32)}
+  _write_npz(full, *pieces, extra=opt)
+  a, b = big_vision.read_npz(bare), big_vision.read_npz(full)
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_big_vision_with_sentencepiece_tokenizer(hf_mqa, tmp_path):
   folder, _, hf_processor, ckpt = hf_mqa
-  with open(os.path.join(folder, "config.json")) as f:
-    cfg = json.load(f)
   npz = str(tmp_path / "pg.npz")
-  _write_npz(npz, *to_big_vision(_state(folder), cfg))
+  _write_npz(npz, *to_big_vision(_state(folder), _hf_config(folder)))
   out = str(tmp_path / "bv")
   convert.convert_big_vision(npz, os.path.join(folder, "_spm",
                                                "tokenizer.model"), out)
@@ -185,6 +244,56 @@ def test_sharded_safetensors_and_in_memory_key_spelling(hf_mqa, tmp_path):
   out = str(tmp_path / "out")
   convert.convert_hf(src, out)
   _assert_same_params(out, ckpt)
+
+
+def test_gemma2_npz_is_refused(hf_mqa, tmp_path):
+  folder = hf_mqa[0]
+  out, blocks, layers = to_big_vision(_state(folder), _hf_config(folder))
+  for lay in layers.values():  # Gemma 2 blocks also norm after attention.
+    lay["post_attention_norm/scale"] = lay["pre_ffw_norm/scale"]
+  npz = str(tmp_path / "pg2.npz")
+  _write_npz(npz, out, blocks, layers)
+  with pytest.raises(ConversionError, match="Gemma 2"):
+    convert.convert_big_vision(npz, folder, str(tmp_path / "o"))
+  assert not (tmp_path / "o").exists()
+
+
+def test_published_key_spelling(hf_mqa, tmp_path):
+  """The hub's PaliGemma files: vision_tower.vision_model.*,
+  language_model.model.* and a tied language_model.lm_head.weight."""
+  folder, _, _, ckpt = hf_mqa
+  state = {k.replace("vision_tower.", "vision_tower.vision_model."): v
+           for k, v in _state(folder).items()}
+  state["language_model.lm_head.weight"] = (
+      state["language_model.model.embed_tokens.weight"])
+  out = str(tmp_path / "out")
+  convert.convert_hf(_hf_copy(folder, str(tmp_path / "pub"), state), out)
+  _assert_same_params(out, ckpt)
+
+
+def test_special_token_ids_follow_hf_precedence(tmp_path):
+  """generation_config.json, then config.json's top level, then text_config;
+  HF's own GenerationConfig is the reference."""
+  from transformers import GenerationConfig
+  cfg = {"model_type": "paligemma", "bos_token_id": 2, "eos_token_id": 1,
+         "vision_config": {}, "text_config": {
+             "model_type": "gemma", "bos_token_id": 5, "eos_token_id": 6,
+             "pad_token_id": 7}}
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(cfg, f)
+  names = ("bos_token_id", "eos_token_id", "pad_token_id")
+  ours = hf.read_hf_config(str(tmp_path))
+  ref = GenerationConfig.from_model_config(json.loads(json.dumps(cfg)))
+  assert [getattr(ours, n) for n in names] == [2, 1, 7]
+  assert [getattr(ref, n) for n in names] == [2, 1, 7]
+  gen = {"bos_token_id": 3, "eos_token_id": [9, 1], "pad_token_id": 0}
+  with open(tmp_path / "generation_config.json", "w") as f:
+    json.dump(gen, f)
+  ours = hf.read_hf_config(str(tmp_path))
+  ref = GenerationConfig.from_pretrained(str(tmp_path))
+  assert [ref.bos_token_id, ref.eos_token_id, ref.pad_token_id] == [3, [9, 1], 0]
+  # HF stops on any eos id; the model config keeps the first.
+  assert [ours.bos_token_id, ours.eos_token_id, ours.pad_token_id] == [3, 9, 0]
 
 
 def test_bfloat16_safetensors(hf_mqa, tmp_path):

@@ -1,10 +1,23 @@
 """big_vision PaliGemma `.npz` -> this project's parameter tree.
 
 The parameter tree of this project uses big_vision's names (see
-models/siglip.py and models/gemma.py), so the mapping is structural:
-strip an optional `params/` prefix, split keys on '/', and stack unscanned
-checkpoints (`encoderblock_0`, `layers_0`, ...) into the scanned layout. The
-architecture is read off the array shapes. `np.load(allow_pickle=False)`:
+models/siglip.py and models/gemma.py), so the mapping is structural. What
+big_vision writes (google-research/big_vision, models/proj/paligemma/):
+- `paligemma.Model` names its towers `img` (models/vit.py) and `llm`
+  (gemma_bv.py wraps ppp/gemma.py's Model without adding a level), so keys
+  read `img/embedding/kernel`, `img/head/kernel` (the projector),
+  `llm/embedder/input_embedding`, `llm/final_norm/scale`, ...
+- Scanned layers (`scan=True`, the published configs) are one subtree with a
+  leading L axis: `img/Transformer/encoderblock/...`, `llm/layers/...`.
+- Unscanned ViT blocks are modules `encoderblock_{i}`
+  (`img/Transformer/encoderblock_0/...`); unscanned Gemma blocks are bound
+  to the scope `layers/{i}` (`llm/layers/0/attn/...`). Remat does not
+  change names. They are stacked into the scanned layout here.
+- Files hold the `params` subtree (`params/img/...`, as the published ones),
+  or the params alone; other subtrees (optimizer state) are ignored.
+- bfloat16 arrays come back from np.load as 2-byte void (`|V2`, as in the
+  published `*.bf16.npz`); they are viewed as bfloat16 again.
+The architecture is read off the array shapes. `np.load(allow_pickle=False)`:
 object arrays are refused rather than unpickled.
 """
 
@@ -14,33 +27,47 @@ import re
 import zipfile
 from typing import Mapping
 
+import ml_dtypes
 import numpy as np
 
 from autoselect_jax.checkpoints.tree import ConversionError, check_tree, unflatten
 from autoselect_jax.models.config import GemmaConfig, PaliGemmaConfig, SiglipConfig
 
-_UNSCANNED = re.compile(r"^(.*/)(encoderblock|layers)_(\d+)/(.*)$")
+# Unscanned block names -> (scanned subtree, layer index, rest of the key).
+_UNSCANNED = (re.compile(r"^(img/Transformer/encoderblock)_(\d+)/(.+)$"),
+              re.compile(r"^(llm/layers)/(\d+)/(.+)$"))
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
   """Flat {'img/embedding/kernel': array, ...}; unscanned blocks stacked."""
   try:
     with np.load(path, allow_pickle=False) as z:
-      flat = {k.removeprefix("params/"): z[k] for k in z.files}
+      flat = {k: _recover_bfloat16(k, z[k]) for k in z.files}
   except FileNotFoundError:
     raise FileNotFoundError(f"big_vision checkpoint {path} does not exist") from None
   except (zipfile.BadZipFile, ValueError, OSError) as e:
     raise ConversionError(f"{path} is not a readable .npz file: {e}") from None
+  if any(k.startswith("params/") for k in flat):
+    flat = {k.removeprefix("params/"): v for k, v in flat.items()
+            if k.startswith("params/")}
   return _stack_unscanned(flat)
+
+
+def _recover_bfloat16(key: str, a: np.ndarray) -> np.ndarray:
+  if a.dtype.kind != "V":
+    return a
+  if a.dtype.itemsize != 2 or a.dtype.fields:
+    raise ConversionError(f"array {key!r} has dtype {a.dtype}: not a number")
+  return a.view(ml_dtypes.bfloat16)
 
 
 def _stack_unscanned(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   groups: dict[str, dict[int, np.ndarray]] = {}
   out = {}
   for key, value in flat.items():
-    m = _UNSCANNED.match(key)
+    m = next(filter(None, (p.match(key) for p in _UNSCANNED)), None)
     if m:
-      groups.setdefault(m[1] + m[2] + "/" + m[4], {})[int(m[3])] = value
+      groups.setdefault(f"{m[1]}/{m[3]}", {})[int(m[2])] = value
     else:
       out[key] = value
   for key, layers in groups.items():
@@ -49,6 +76,9 @@ def _stack_unscanned(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                             "0..L-1")
     if key in out:
       raise ConversionError(f"{key} is stored both scanned and unscanned")
+    shapes = {layers[i].shape for i in layers}
+    if len(shapes) > 1:
+      raise ConversionError(f"{key}: layers have different shapes {shapes}")
     out[key] = np.stack([layers[i] for i in range(len(layers))])
   return out
 
@@ -66,7 +96,17 @@ def _shape(flat, key, ndim):
 def config_from_big_vision(flat: Mapping[str, np.ndarray], *, bos_token_id=2,
                            eos_token_id=1, pad_token_id=0,
                            image_token_id=257152) -> PaliGemmaConfig:
-  """Reads the architecture off the shapes of a big_vision PaliGemma."""
+  """Reads the architecture off the shapes of a big_vision PaliGemma.
+
+  img/embedding/kernel (P, P, 3, Dv); img/pos_embedding (1, N, Dv);
+  encoderblock query/kernel (L, Dv, heads, Dv/heads), Dense_0 (L, Dv, M);
+  llm/embedder/input_embedding (V, D); llm/layers: qkv_einsum/w
+  (L, 3, H, D, E) when H = KH, else q_einsum/w (L, H, D, E) and kv_einsum/w
+  (L, 2, KH, D, E); mlp/gating_einsum (L, 2, D, F), mlp/linear (L, F, D).
+  """
+  if "llm/layers/post_attention_norm/scale" in flat:
+    raise ConversionError("llm/layers/post_attention_norm is a Gemma 2 "
+                          "(PaliGemma 2) block: only Gemma v1 is supported")
   p, _, _, dv = _shape(flat, "img/embedding/kernel", 4)
   _, n, _ = _shape(flat, "img/pos_embedding", 3)
   blk = "img/Transformer/encoderblock/"

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Mapping
+from typing import Mapping
 
+import jax
 import numpy as np
 
 from autoselect_jax.checkpoints.tree import ConversionError, check_tree
@@ -51,8 +52,33 @@ def canonical_keys(names) -> dict[str, str]:
   return out
 
 
-def config_from_hf(hf: Mapping) -> PaliGemmaConfig:
-  """PaliGemmaConfig from an HF `config.json` dict (missing fields: HF defaults)."""
+def special_token_ids(hf: Mapping, generation: Mapping) -> dict[str, int]:
+  """bos/eos/pad ids as HF `generate` resolves them.
+
+  Per id, the first that is set of: `generation_config.json`, the top level
+  of `config.json`, its `text_config` (GenerationConfig.from_model_config
+  falls back to the text config only for ids the top level leaves unset).
+  One difference: HF uses generation_config.json alone when the file exists,
+  while an id it lacks is taken from config.json here. An eos list (HF stops
+  on any of them) keeps its first id, since the model config holds one.
+  """
+  text = hf.get("text_config") or {}
+  ids = {}
+  for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    for level in (generation, hf, text):
+      value = level.get(name)
+      if isinstance(value, list):
+        value = value[0] if value else None
+      if value is not None:
+        ids[name] = int(value)
+        break
+  return ids
+
+
+def config_from_hf(hf: Mapping, generation: Mapping | None = None
+                   ) -> PaliGemmaConfig:
+  """PaliGemmaConfig from an HF `config.json` dict and, if the folder has one,
+  its `generation_config.json` dict (missing fields: HF defaults)."""
   v, t = hf.get("vision_config", {}), hf.get("text_config", {})
   if hf.get("model_type", "paligemma") != "paligemma":
     raise ConversionError(f"config.json has model_type={hf.get('model_type')!r}"
@@ -66,15 +92,7 @@ def config_from_hf(hf: Mapping) -> PaliGemmaConfig:
   width = t.get("hidden_size", 2048)
   rope = t.get("rope_parameters") or {}
   vocab = t.get("vocab_size", hf.get("vocab_size", 257152))
-  ids = {}
-  for ours, theirs in (("bos_token_id", "bos_token_id"),
-                       ("eos_token_id", "eos_token_id"),
-                       ("pad_token_id", "pad_token_id")):
-    value = t.get(theirs, hf.get(theirs))
-    if isinstance(value, list):
-      value = value[0]
-    if value is not None:
-      ids[ours] = int(value)
+  ids = special_token_ids(hf, generation or {})
   return PaliGemmaConfig(
       vision=SiglipConfig(
           image_size=v.get("image_size", 224),
@@ -99,11 +117,21 @@ def config_from_hf(hf: Mapping) -> PaliGemmaConfig:
 
 
 def read_hf_config(folder: str) -> PaliGemmaConfig:
+  """From `folder/config.json` and, if present, `generation_config.json`."""
   path = os.path.join(folder, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} is missing: not an HF model folder")
+  gen_path = os.path.join(folder, "generation_config.json")
+  return config_from_hf(_read_json(path), _read_json(gen_path)
+                        if os.path.exists(gen_path) else None)
+
+
+def _read_json(path: str) -> dict:
   with open(path) as f:
-    return config_from_hf(json.load(f))
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{path} is not valid JSON: {e}") from None
 
 
 class _Source:
@@ -134,8 +162,9 @@ def _spell(key: str) -> str:
   return key
 
 
-def _stack(depth: int, fn: Callable[[int], np.ndarray]) -> np.ndarray:
-  return np.stack([fn(i) for i in range(depth)])
+def _stack_layers(trees: list[dict]) -> dict:
+  """Per-layer trees -> one tree with a leading L axis (the scanned layout)."""
+  return jax.tree.map(lambda *layers: np.stack(layers), *trees)
 
 
 def hf_to_params(tensors: Mapping[str, np.ndarray],
@@ -182,7 +211,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray],
       "pos_embedding": get("vision.embeddings.position_embedding.weight",
                            (n, dv))[None],
       "Transformer": {
-          "encoderblock": _stack_trees(vblocks),
+          "encoderblock": _stack_layers(vblocks),
           "encoder_norm": {"scale": get("vision.post_layernorm.weight", (dv,)),
                            "bias": get("vision.post_layernorm.bias", (dv,))}},
       "head": {"kernel": get("projector.linear.weight", (lc.width, dv)).T,
@@ -219,7 +248,7 @@ def hf_to_params(tensors: Mapping[str, np.ndarray],
   embedding = get("lm.embed_tokens.weight", (lc.vocab_size, d))
   llm = {
       "embedder": {"input_embedding": embedding},
-      "layers": _stack_trees([lblock(i) for i in range(lc.depth)]),
+      "layers": _stack_layers([lblock(i) for i in range(lc.depth)]),
       "final_norm": {"scale": get("lm.norm.weight", (d,))},
   }
   if "lm_head.weight" in get.keys:
@@ -236,10 +265,3 @@ def hf_to_params(tensors: Mapping[str, np.ndarray],
   params = {"img": img, "llm": llm}
   check_tree(params, config)
   return params
-
-
-def _stack_trees(trees):
-  first = trees[0]
-  if isinstance(first, dict):
-    return {k: _stack_trees([t[k] for t in trees]) for k in first}
-  return np.stack(trees)
