@@ -51,30 +51,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import json
 import os
 import shlex
-import statistics
 import sys
 
-from autoselect_jax.benchmarks.reference import (reference_prefill,
-                                                reference_weights)
-from autoselect_jax.benchmarks.timing import (Log, measure_bandwidth,
-                                             measure_peak_flops, stats, timed)
-from autoselect_jax.benchmarks.weights import (hash_params, init_params,
-                                              load_params)
+from autoselect_jax.benchmarks import reference, stages
+from autoselect_jax.benchmarks.records import batch_records
+from autoselect_jax.benchmarks.results import (format_table, header, targets,
+                                              write_json)
+from autoselect_jax.benchmarks.timing import Log, device_peaks, time_rounds
+from autoselect_jax.benchmarks.weights import (init_params, load_params,
+                                              scorer_params)
 
 DTYPES = ("float32", "bfloat16")
 DEFAULT_VARIANT = "paligemma-3b-224"
-
-# Targets (the `targets` block of the JSON).
-ROOFLINE_TARGET = 0.9       # pruned prefill speedup / roofline ideal, smallest K
-PRUNER_SHARE_LIMIT = 1.5    # pruner time share <= this x its FLOP share
-DECODE_TOLERANCE = 0.03     # pruned decode <= full decode x (1 + this): timer noise
-REFERENCE_TARGET = 0.9      # project speedup / plain-JAX reference speedup
-
-# Peak-measuring kernels, by platform: big enough to saturate the device.
 
 
 def _int_list(text: str) -> list[int]:
@@ -167,98 +157,48 @@ def _check_args(args, parser, n: int) -> None:
 
 
 # ----------------------------------------------------------------------------
-# The project's stages, each its own jitted function.
+# The benchmark, step by step.
 
 
-def _stages():
-  import jax
-  import jax.numpy as jnp
-  from autoselect_jax.inference import decode
-  from autoselect_jax.method import forward, selection
+def _setup(config, params, dtype, *, decode_tokens: int, seed: int, init: str,
+           scan_layers: bool):
+  """Weights and jitted functions: (StageSetup, reference fn, its weights).
 
-  @functools.partial(jax.jit, static_argnums=0)
-  def encode(vlm, params, images):
-    return vlm.encode_image(params, images)
-
-  @functools.partial(jax.jit, static_argnums=(0, 3))
-  def prune(method, params, features, k):
-    idx = selection.select_topk(forward.scores(method, params, features), k)
-    return selection.gather_tokens(features, idx), idx
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def make_prefix(vlm, params, visual_features, visual_positions, tokens):
-    b, n_all = tokens.shape[0], vlm.num_visual_tokens
-    visual = vlm.project(params, visual_features)
-    return decode.build_prefix(
-        vlm, params, visual, visual_positions, tokens,
-        jnp.ones(tokens.shape, bool), jnp.zeros(tokens.shape, jnp.int32),
-        text_start=jnp.full((b,), n_all, jnp.int32))
-
-  @functools.partial(jax.jit, static_argnums=(0, 3))
-  def prefill(vlm, params, prefix, cache_size):
-    return decode.prefill(vlm, params, prefix, cache_size)
-
-  @functools.partial(jax.jit, static_argnums=(0, 6))
-  def decode_steps(vlm, params, logits, cache, cache_mask, last_pos, steps,
-                   start):
-    def body(t, state):
-      logits, cache, cache_mask = state
-      token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      return decode.extend(vlm, params, token, last_pos + 1 + t, cache,
-                           cache_mask, start + t)
-    return jax.lax.fori_loop(0, steps, body, (logits, cache, cache_mask))[0]
-
-  return encode, prune, make_prefix, prefill, decode_steps
+  `params` are in the stacked (checkpoint) layout; the reference takes its
+  2-D matrices from them, the project runs on per-layer weights
+  (`models.unstack_layers`) unless `scan_layers`.
+  """
+  from autoselect_jax.method import AutoSelect, Scorer
+  from autoselect_jax.models import VLM, unstack_layers
+  vlm = VLM(config, dtype, scan_layers=scan_layers)
+  method = AutoSelect(vlm, scorer=Scorer(dtype=dtype))
+  scorer = scorer_params(method, dtype, seed + 1, init)
+  jitted = stages.make_stages()
+  ref_w = reference.reference_weights(params, config.llm)
+  if not scan_layers:
+    params = unstack_layers(params)
+  ref_fn = reference.reference_fn(config.llm, dtype)
+  setup = stages.StageSetup(vlm=vlm, params=params, method=method,
+                            scorer_params=scorer, stages=jitted,
+                            decode_tokens=decode_tokens)
+  return setup, ref_fn, ref_w
 
 
-# ----------------------------------------------------------------------------
-# The benchmark.
-
-
-def _pass(entries) -> bool:
-  return all(e["pass"] for e in entries)
-
-
-def _targets(records, reference) -> dict:
-  by = {(r["k"], r["batch"], r["pruned"]): r for r in records}
-  pruned = [r for r in records if r["pruned"]]
-  k_min = min((r["k"] for r in pruned), default=None)
-  roof = [{"batch": r["batch"], "k": r["k"],
-           "roofline_fraction": r["roofline_fraction"],
-           "pass": r["roofline_fraction"] >= ROOFLINE_TARGET}
-          for r in pruned if r["k"] == k_min]
-  share = [{"batch": r["batch"], "k": r["k"],
-            "pruner_share": r["pruner_share"],
-            "limit": PRUNER_SHARE_LIMIT * r["pruner_flop_share"],
-            "pass": r["pruner_share"]
-            <= PRUNER_SHARE_LIMIT * r["pruner_flop_share"]} for r in pruned]
-  dec = []
-  for r in pruned:
-    full = by[(r["n_visual"], r["batch"], False)]
-    ratio = r["decode_ms_per_token"] / full["decode_ms_per_token"]
-    dec.append({"batch": r["batch"], "k": r["k"], "pruned_over_full": ratio,
-                "pass": ratio <= 1.0 + DECODE_TOLERANCE})
-  ref = [{"batch": e["batch"], "vs_reference": e["vs_reference"],
-          "pass": e["vs_reference"] >= REFERENCE_TARGET} for e in reference]
-  return {
-      "prefill_roofline": {
-          "description": f"pruned prefill speedup at the smallest K >= "
-                         f"{ROOFLINE_TARGET} x its roofline ideal speedup",
-          "entries": roof, "pass": _pass(roof)},
-      "pruner_share": {
-          "description": f"pruner time / full prefill time <= "
-                         f"{PRUNER_SHARE_LIMIT} x scorer FLOPs / full "
-                         "prefill FLOPs",
-          "entries": share, "pass": _pass(share)},
-      "decode_not_slower": {
-          "description": "per-token decode on the pruned cache <= full "
-                         f"cache x (1 + {DECODE_TOLERANCE}) (timer noise)",
-          "entries": dec, "pass": _pass(dec)},
-      "vs_reference": {
-          "description": f"project prefill speedup >= {REFERENCE_TARGET} x "
-                         "plain-JAX reference speedup (smallest K)",
-          "entries": ref, "pass": _pass(ref)},
-  }
+def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
+                   n_text: int, repeats: int, seed: int, log):
+  """Warm-up, then `repeats` interleaved rounds of every stage and of the
+  reference: ({key: [seconds]}, the reference's logits error)."""
+  n = config.num_image_tokens
+  blog = lambda msg: log(f"batch {b}: {msg}")
+  images, tokens = stages.batch_inputs(config, b, n_text, seed)
+  features, state = stages.warm_up(setup, images, tokens, runs, blog)
+  blog("compiling the plain-JAX reference")
+  ref_in, err = reference.warm_up_reference(
+      ref_fn, ref_w, state[(n, False)].prefix, state[(k_ref, True)].prefix,
+      state[(n, False)].prefill_out[0])
+  calls = (stages.timed_calls(setup, images, features, state, runs)
+           + reference.timed_calls(ref_fn, ref_w, ref_in))
+  return time_rounds(calls, repeats, blog), err
 
 
 def run_benchmark(config, params, *, dtype_name: str, ks, batches,
@@ -269,206 +209,37 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
 
   `params` are in the stacked (checkpoint) layout. The project runs on
   per-layer weights (`models.unstack_layers`), as `inference.Pipeline` does,
-  unless `scan_layers`.
+  unless `scan_layers`. `on_batch(result)` is called after every batch.
   """
   import jax
   import jax.numpy as jnp
-  import numpy as np
-  from autoselect_jax.inference import cost
-  from autoselect_jax.method import AutoSelect, Scorer
-  from autoselect_jax.models import VLM, unstack_layers
-
   dtype = jnp.dtype(dtype_name)
   dev = jax.devices()[0]
-  vlm = VLM(config, dtype, scan_layers=scan_layers)
-  n, t, m = config.num_image_tokens, n_text, decode_tokens
-  itemsize = dtype.itemsize
-  method = AutoSelect(vlm, scorer=Scorer(dtype=dtype))
-  if init == "hash":
-    scorer_params = {"scorer": hash_params(
-        method.abstract_params()["scorer"], dtype, seed + 1)}
-  else:
-    scorer_params = jax.jit(lambda r: jax.tree_util.tree_map(
-        lambda a: a.astype(dtype), method.init(r)))(jax.random.key(seed + 1))
-  encode, prune, make_prefix, prefill, decode_steps = _stages()
-  ref_w = reference_weights(params, config.llm)
-  if not scan_layers:
-    params = unstack_layers(params)
-  ref_fn = jax.jit(functools.partial(reference_prefill, c=config.llm,
-                                     dtype=dtype))
-
-  log(f"measuring peaks on {dev.device_kind} ({dev.platform}), {dtype_name}")
-  peak = measure_peak_flops(dtype, dev.platform)
-  bw = measure_bandwidth(dtype, dev.platform)
-  pf, pb = peak["flops_per_s"], bw["bytes_per_s"]
-  log(f"peak {pf / 1e9:,.0f} GFLOP/s, {pb / 1e9:,.1f} GB/s")
-
+  n = config.num_image_tokens
+  setup, ref_fn, ref_w = _setup(config, params, dtype,
+                                decode_tokens=decode_tokens, seed=seed,
+                                init=init, scan_layers=scan_layers)
+  peak, bw = device_peaks(dtype, dev, log)
   ks = sorted(ks)
-  k_ref = ks[0]
   runs = [(n, False)] + [(k, True) for k in ks]
-  sc = method.scorer
-  out = {
-      "device": f"{dev.device_kind} ({dev.platform})",
-      "layer_layout": "scanned" if scan_layers else "per-layer",
-      "platform": dev.platform, "dtype": dtype_name, "n_visual": n,
-      "n_text": t, "decode_tokens": m, "repeats": repeats,
-      "llm_layers": config.llm.depth, "vision_layers": config.vision.depth,
-      "peak_flops": pf, "peak_bandwidth": pb,
-      "peak_kernels": {"flops": peak, "bandwidth": bw},
-      "pruner": "Scorer + top-K + gather of the kept features (no projector)",
-      "records": [], "reference": [],
-  }
+  out = header(dev, config, dtype_name=dtype_name, n_text=n_text,
+               decode_tokens=decode_tokens, repeats=repeats,
+               scan_layers=scan_layers, peak=peak, bandwidth=bw)
   for b in batches:
-    rng = np.random.default_rng([seed, b])
-    s = config.vision.image_size
-    images = jnp.asarray(rng.uniform(-1, 1, (b, s, s, 3)), jnp.float32)
-    hi = min(config.image_token_id, config.llm.vocab_size)
-    tokens = rng.integers(3, hi, (b, t), dtype=np.int32)
-    tokens[:, 0] = config.bos_token_id
-    tokens = jnp.asarray(tokens)
-
-    # Warm-up: compile and run every function once.
-    log(f"batch {b}: compiling encode")
-    features = timed(encode, vlm, params, images)[1]
-    state = {}
-    for k, pruned in runs:
-      log(f"batch {b}: compiling k={k}{'' if pruned else ' (full)'}")
-      if pruned:
-        kept, idx = timed(prune, method, scorer_params, features, k)[1]
-      else:
-        kept, idx = features, jnp.broadcast_to(
-            jnp.arange(n, dtype=jnp.int32), (b, n))
-      prefix = make_prefix(vlm, params, kept, idx, tokens)
-      length = k + t
-      pre = timed(prefill, vlm, params, prefix, length + m)[1]
-      timed(decode_steps, vlm, params, *pre, m, length)
-      state[(k, pruned)] = (prefix, pre, length)
-    log(f"batch {b}: compiling the plain-JAX reference")
-    ref_in = {}
-    for k, pruned in ((n, False), (k_ref, True)):
-      p = state[(k, pruned)][0]
-      ref_in[pruned] = (p.x, p.positions, p.input_mask, p.mask_ar)
-      ref_out = timed(ref_fn, ref_w, *ref_in[pruned])[1]
-      if not pruned:  # Same weights and inputs: same logits as the project.
-        proj = np.asarray(state[(n, False)][1][0], np.float32)
-        err = float(np.max(np.abs(np.asarray(ref_out[0], np.float32) - proj))
-                    / max(float(np.max(np.abs(proj))), 1e-30))
-    del ref_out
-
-    times = {}
-    add = lambda key, sec: times.setdefault(key, []).append(sec)
-    for r in range(repeats):
-      log(f"batch {b}: round {r + 1}/{repeats}")
-      add("encode", timed(encode, vlm, params, images)[0])
-      for k, pruned in runs:
-        prefix, pre, length = state[(k, pruned)]
-        if pruned:
-          add(("pruner", k), timed(prune, method, scorer_params, features,
-                                    k)[0])
-        add(("prefill", k, pruned),
-            timed(prefill, vlm, params, prefix, length + m)[0])
-        add(("decode", k, pruned),
-            timed(decode_steps, vlm, params, *pre, m, length)[0])
-      for pruned in (False, True):
-        add(("ref", pruned), timed(ref_fn, ref_w, *ref_in[pruned])[0])
-
-    full_cost = cost.prefill(config.llm, b, n + t, itemsize)
-    full_ms = stats(times[("prefill", n, False)], "x")["x"]
-    scorer_cost = cost.scorer(b, n, config.vision.width, sc.width,
-                              sc.num_layers, sc.mlp_ratio, itemsize)
-    for k, pruned in runs:
-      c = cost.prefill(config.llm, b, k + t, itemsize)
-      rec = {"k": k, "batch": b, "pruned": pruned, "n_visual": n,
-             "prefix_length": k + t}
-      rec.update(stats(times["encode"], "encode_ms"))
-      if pruned:
-        rec.update(stats(times[("pruner", k)], "pruner_ms"))
-      else:
-        rec.update(pruner_ms=0.0, pruner_ms_min=0.0, pruner_ms_max=0.0)
-      rec.update(stats(times[("prefill", k, pruned)], "prefill_ms"))
-      rec.update(stats(times[("decode", k, pruned)], "decode_ms_per_token",
-                        scale=m))
-      roof_full = full_cost.time(pf, pb)
-      roof = c.time(pf, pb)
-      rec.update(
-          prefill_flops=c.flops, prefill_bytes=c.bytes,
-          prefill_roofline_ms=roof * 1e3,
-          scorer_flops=scorer_cost.flops if pruned else 0.0,
-          prefill_speedup=full_ms / rec["prefill_ms"],
-          flop_ideal_speedup=full_cost.flops / c.flops,
-          roofline_ideal_speedup=roof_full / roof)
-      rec["roofline_fraction"] = (rec["prefill_speedup"]
-                                  / rec["roofline_ideal_speedup"])
-      rec["prefill_roofline_fraction_abs"] = roof * 1e3 / rec["prefill_ms"]
-      rec["pruner_share"] = rec["pruner_ms"] / full_ms
-      rec["pruner_flop_share"] = rec["scorer_flops"] / full_cost.flops
-      rec["ttft_ms"] = rec["encode_ms"] + rec["pruner_ms"] + rec["prefill_ms"]
-      out["records"].append(rec)
-    ref_full = statistics.median(times[("ref", False)]) * 1e3
-    ref_pruned = statistics.median(times[("ref", True)]) * 1e3
-    project = next(r for r in out["records"]
-                   if r["batch"] == b and r["pruned"] and r["k"] == k_ref)
-    entry = {"batch": b, "k": k_ref, "full_length": n + t,
-             "pruned_length": k_ref + t, "full_ms": ref_full,
-             "pruned_ms": ref_pruned, "speedup": ref_full / ref_pruned,
-             "logits_rel_err_vs_project": err}
-    entry["vs_reference"] = project["prefill_speedup"] / entry["speedup"]
-    out["reference"].append(entry)
-    out["targets"] = _targets(out["records"], out["reference"])
+    times, err = _measure_batch(setup, ref_fn, ref_w, config, b, runs, ks[0],
+                                n_text=n_text, repeats=repeats, seed=seed,
+                                log=log)
+    records = batch_records(config, setup.method.scorer, b, n_text,
+                            decode_tokens, dtype.itemsize, runs, times,
+                            out["peak_flops"], out["peak_bandwidth"])
+    out["records"].extend(records)
+    project = next(r for r in records if r["pruned"] and r["k"] == ks[0])
+    out["reference"].append(reference.reference_entry(
+        b, n, n_text, ks[0], times, err, project["prefill_speedup"]))
+    out["targets"] = targets(out["records"], out["reference"])
     if on_batch is not None:
       on_batch(out)
   return out
-
-
-# ----------------------------------------------------------------------------
-# Output.
-
-
-def format_table(res: dict) -> str:
-  lines = [
-      f"{res['device']}  {res['dtype']}  {res['variant']}  LLM layers "
-      f"{res['llm_layers']}  vision layers {res['vision_layers']}  "
-      f"N={res['n_visual']}  T={res['n_text']}  decode M="
-      f"{res['decode_tokens']}  repeats {res['repeats']}",
-      f"measured peak: {res['peak_flops'] / 1e9:,.0f} GFLOP/s, "
-      f"{res['peak_bandwidth'] / 1e9:,.1f} GB/s",
-      "times: median ms [min-max]",
-      f"{'batch':>5} {'k':>4} {'encode':>8} {'pruner':>8} "
-      f"{'prefill':>21} {'decode/tok':>10} {'speedup':>7} {'flop-id':>7} "
-      f"{'roof-id':>7} {'frac':>5} {'prun-sh':>7} {'flop-sh':>7}"]
-  for r in res["records"]:
-    pre = (f"{r['prefill_ms']:8.2f} [{r['prefill_ms_min']:.1f}-"
-           f"{r['prefill_ms_max']:.1f}]")
-    lines.append(
-        f"{r['batch']:>5} {r['k']:>4} {r['encode_ms']:8.2f} "
-        f"{r['pruner_ms']:8.2f} {pre:>21} {r['decode_ms_per_token']:10.2f} "
-        f"{r['prefill_speedup']:7.2f} {r['flop_ideal_speedup']:7.2f} "
-        f"{r['roofline_ideal_speedup']:7.2f} {r['roofline_fraction']:5.2f} "
-        f"{r['pruner_share']:7.3f} {r['pruner_flop_share']:7.3f}")
-  lines.append("plain-JAX reference (same weights, inputs, dtype, dense mask):")
-  for e in res["reference"]:
-    lines.append(
-        f"  batch {e['batch']}: {e['full_length']} tokens {e['full_ms']:.2f} "
-        f"ms, {e['pruned_length']} tokens {e['pruned_ms']:.2f} ms, speedup "
-        f"{e['speedup']:.2f}x; project/reference {e['vs_reference']:.3f} "
-        f"(logits rel. err {e['logits_rel_err_vs_project']:.1e})")
-  lines.append("targets:")
-  for name, tgt in res.get("targets", {}).items():
-    lines.append(f"  {'PASS' if tgt['pass'] else 'FAIL'} {name}: "
-                 f"{tgt['description']}")
-    for e in tgt["entries"]:
-      vals = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in e.items() if k != "pass")
-      lines.append(f"      {'ok  ' if e['pass'] else 'MISS'} {vals}")
-  return "\n".join(lines)
-
-
-def _write(path: str, res: dict) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(res, f, indent=1)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -499,7 +270,7 @@ def main(argv=None) -> int:
           + shlex.join(sys.argv[1:] if argv is None else argv)}
 
   def save(res, complete=False):
-    _write(args.out, {**head, **res, "complete": complete})
+    write_json(args.out, {**head, **res, "complete": complete})
 
   res = run_benchmark(config, params, dtype_name=args.dtype, ks=args.k,
                       batches=args.batch, repeats=args.repeats,

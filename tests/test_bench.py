@@ -83,6 +83,47 @@ def test_json_has_every_field(tiny_run, capsys):
   assert "plain-JAX reference" in table and "targets:" in table
 
 
+# The JSON's keys, in order: readers of docs/bench_*.json rely on them.
+TOP_KEYS = [
+    "variant", "command", "device", "layer_layout", "platform", "dtype",
+    "n_visual", "n_text", "decode_tokens", "repeats", "llm_layers",
+    "vision_layers", "peak_flops", "peak_bandwidth", "peak_kernels", "pruner",
+    "records", "reference", "targets", "complete"]
+RECORD_KEYS = [
+    "k", "batch", "pruned", "n_visual", "prefix_length"] + [
+        f"{name}{end}" for name in TIMED for end in ("", "_min", "_max")] + [
+    "prefill_flops", "prefill_bytes", "prefill_roofline_ms", "scorer_flops",
+    "prefill_speedup", "flop_ideal_speedup", "roofline_ideal_speedup",
+    "roofline_fraction", "prefill_roofline_fraction_abs", "pruner_share",
+    "pruner_flop_share", "ttft_ms"]
+REFERENCE_KEYS = [
+    "batch", "k", "full_length", "pruned_length", "full_ms", "pruned_ms",
+    "speedup", "logits_rel_err_vs_project", "vs_reference"]
+
+
+def test_json_keys_and_their_order(tiny_run):
+  assert list(tiny_run) == TOP_KEYS
+  assert list(tiny_run["peak_kernels"]) == ["flops", "bandwidth"]
+  for r in tiny_run["records"]:
+    assert list(r) == RECORD_KEYS
+  for e in tiny_run["reference"]:
+    assert list(e) == REFERENCE_KEYS
+  # Records: per batch, the full model first, then each K ascending.
+  assert [(r["batch"], r["pruned"]) for r in tiny_run["records"]] == [
+      (1, False), (1, True), (2, False), (2, True)]
+
+
+def test_time_rounds_interleaves_every_call_per_round():
+  order, logged = [], []
+  calls = [(name, lambda name: order.append(name), (name,))
+           for name in ("a", ("b", 1), "c")]
+  times = timing.time_rounds(calls, 3, logged.append)
+  assert order == ["a", ("b", 1), "c"] * 3
+  assert logged == ["round 1/3", "round 2/3", "round 3/3"]
+  assert list(times) == ["a", ("b", 1), "c"]
+  assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
+
+
 def test_prefill_cost_matches_a_hand_count():
   c = GemmaConfig(vocab_size=100, width=8, depth=3, num_heads=2,
                   num_kv_heads=1, head_dim=4, mlp_dim=16)

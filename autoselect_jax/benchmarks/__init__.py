@@ -1,2 +1,5 @@
-"""Pieces of `python -m autoselect_jax.bench`: device peaks and timing,
-random weights, and the plain-JAX reference decoder."""
+"""Pieces of `python -m autoselect_jax.bench`: device peaks and timing
+(`timing`), random or checkpoint weights (`weights`), the jitted stages and
+their warm-up (`stages`), the plain-JAX reference decoder (`reference`), the
+FLOP / byte model of each record (`records`), and the JSON, its targets and
+table (`results`)."""

@@ -95,3 +95,52 @@ def reference_prefill(w, x, positions, input_mask, mask_ar, *, c, dtype):
   logits = jnp.einsum("bd,vd->bv", h_last, w["embedding"].astype(dtype),
                       preferred_element_type=jnp.float32)
   return logits, kv
+
+
+def reference_fn(c, dtype):
+  """`reference_prefill` for LLM config `c`, jitted: fn(w, x, positions,
+  input_mask, mask_ar)."""
+  import functools
+  import jax
+  return jax.jit(functools.partial(reference_prefill, c=c, dtype=dtype))
+
+
+def warm_up_reference(fn, w, full_prefix, pruned_prefix, project_logits):
+  """Compiles and runs the reference on the full and the pruned prefix.
+
+  Returns ({pruned: (x, positions, input_mask, mask_ar)}, the max |diff| of
+  its full-prefix logits from the project's `project_logits` (B, V),
+  relative to the largest |project logit|): same weights, same inputs.
+  """
+  import numpy as np
+  from autoselect_jax.benchmarks.timing import timed
+  inputs = {}
+  for pruned, p in ((False, full_prefix), (True, pruned_prefix)):
+    inputs[pruned] = (p.x, p.positions, p.input_mask, p.mask_ar)
+    out = timed(fn, w, *inputs[pruned])[1]
+    if not pruned:
+      proj = np.asarray(project_logits, np.float32)
+      err = float(np.max(np.abs(np.asarray(out[0], np.float32) - proj))
+                  / max(float(np.max(np.abs(proj))), 1e-30))
+  return inputs, err
+
+
+def timed_calls(fn, w, inputs) -> list:
+  """(key, fn, args) of one round: keys ("ref", False) then ("ref", True)."""
+  return [(("ref", pruned), fn, (w, *inputs[pruned]))
+          for pruned in (False, True)]
+
+
+def reference_entry(batch: int, n: int, t: int, k: int, times, err: float,
+                    project_speedup: float) -> dict:
+  """The JSON's `reference` entry of one batch: medians of `times`
+  ("ref", pruned) in ms, the reference's full / pruned speedup, and the
+  project's prefill speedup at the same K over it (`vs_reference`)."""
+  import statistics
+  full = statistics.median(times[("ref", False)]) * 1e3
+  pruned = statistics.median(times[("ref", True)]) * 1e3
+  entry = {"batch": batch, "k": k, "full_length": n + t,
+           "pruned_length": k + t, "full_ms": full, "pruned_ms": pruned,
+           "speedup": full / pruned, "logits_rel_err_vs_project": err}
+  entry["vs_reference"] = project_speedup / entry["speedup"]
+  return entry

@@ -67,3 +67,28 @@ def measure_bandwidth(dtype, platform: str, repeats: int = 5) -> dict:
   del x
   return {"kernels": {k: float(v) for k, v in rates.items()},
           "array_bytes": nbytes, "bytes_per_s": float(max(rates.values()))}
+
+
+def device_peaks(dtype, device, log) -> tuple[dict, dict]:
+  """(matmul peak, bandwidth) of `device` in `dtype`, logged as measured."""
+  log(f"measuring peaks on {device.device_kind} ({device.platform}), "
+      f"{dtype.name}")
+  peak = measure_peak_flops(dtype, device.platform)
+  bw = measure_bandwidth(dtype, device.platform)
+  log(f"peak {peak['flops_per_s'] / 1e9:,.0f} GFLOP/s, "
+      f"{bw['bytes_per_s'] / 1e9:,.1f} GB/s")
+  return peak, bw
+
+
+def time_rounds(calls, repeats: int, log) -> dict:
+  """{key: [seconds per round]} of `calls`, a list of (key, fn, args).
+
+  Interleaved: each round calls every function once, in order, so load
+  drifting on a shared machine hits all of them alike.
+  """
+  times = {}
+  for r in range(repeats):
+    log(f"round {r + 1}/{repeats}")
+    for key, fn, args in calls:
+      times.setdefault(key, []).append(timed(fn, *args)[0])
+  return times

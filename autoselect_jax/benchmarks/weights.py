@@ -54,6 +54,20 @@ def init_params(vlm, dtype, seed: int, how: str = "hash"):
   return jax.jit(lambda r: cast(vlm.init_params(r)))(jax.random.key(seed))
 
 
+def scorer_params(method, dtype, seed: int, how: str = "hash"):
+  """Random `{"scorer": ...}` params of `method` (an `AutoSelect`) in `dtype`.
+
+  how="hash": `hash_params` of the Scorer's shapes; "flax": the method's own
+  initialisers (Scorer and Denoiser), cast to `dtype` under the same jit.
+  """
+  import jax
+  if how == "hash":
+    return {"scorer": hash_params(method.abstract_params()["scorer"], dtype,
+                                  seed)}
+  cast = lambda t: jax.tree_util.tree_map(lambda a: a.astype(dtype), t)
+  return jax.jit(lambda r: cast(method.init(r)))(jax.random.key(seed))
+
+
 def load_params(ckpt: str, config, full_config, dtype):
   """Checkpoint parameters in `dtype`, stacked layers cut to `config`'s depths."""
   import jax
