@@ -4,14 +4,15 @@ The method's pieces are exported here (no transformers / torch import).
 """
 
 from autoselect_jax.method import (AutoSelect, Denoiser, POSITION_POLICIES,
-                                   PrunedSequence, Scorer,
-                                   build_pruned_sequence, count_params,
+                                   Scorer, build_pruned_sequence, count_params,
                                    gather_tokens, inference_logits,
                                    kept_positions, laplace_cdf, select_topk,
-                                   soft_topk, tau_schedule, train_loss,
-                                   vp_noise_gate)
+                                   selected_sequence, soft_topk, tau_schedule,
+                                   train_loss, vp_noise_gate)
+from autoselect_jax.models.sequence import Sequence
 
-__all__ = ["AutoSelect", "Denoiser", "POSITION_POLICIES", "PrunedSequence",
-           "Scorer", "build_pruned_sequence", "count_params", "gather_tokens",
+__all__ = ["AutoSelect", "Denoiser", "POSITION_POLICIES", "Scorer", "Sequence",
+           "build_pruned_sequence", "count_params", "gather_tokens",
            "inference_logits", "kept_positions", "laplace_cdf", "select_topk",
-           "soft_topk", "tau_schedule", "train_loss", "vp_noise_gate"]
+           "selected_sequence", "soft_topk", "tau_schedule", "train_loss",
+           "vp_noise_gate"]

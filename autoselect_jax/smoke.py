@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autoselect_jax.inference.decode import full_prefix, greedy_decode
+from autoselect_jax.inference.decode import greedy_decode
+from autoselect_jax.inference.prune import full_prefix
 from autoselect_jax.models import VLM, get_variant
 
 

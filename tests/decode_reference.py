@@ -27,7 +27,7 @@ def assert_cached_decode_matches_recompute(vlm, params, prefix, new_tokens,
     cached.append(np.asarray(logits))
   for i in range(b):
     real = int(prefix.input_mask[i].sum())
-    x = jnp.concatenate([prefix.x[i:i + 1, :real],
+    x = jnp.concatenate([prefix.embeddings[i:i + 1, :real],
                          vlm.embed_text(params, new_tokens[i:i + 1])], 1)
     last = prefix.positions[i, real - 1]
     positions = jnp.concatenate(

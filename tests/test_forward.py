@@ -8,7 +8,7 @@ import pytest
 
 from autoselect_jax import (AutoSelect, Denoiser, Scorer,
                             build_pruned_sequence, inference_logits,
-                            train_loss)
+                            soft_topk, train_loss)
 from autoselect_jax.method import count_params, encode, loss_from_scores
 from autoselect_jax.models import VLM, get_variant
 
@@ -52,10 +52,10 @@ def test_pruned_inference_uses_original_features_and_policy(setup):
   build = jax.jit(lambda x, policy: build_pruned_sequence(
       method, params, frozen, x, text["tokens"], text["input_mask"],
       text["mask_ar"], k, policy), static_argnums=1)
-  seq = build(images, "original")
+  seq, kept = build(images, "original")
   feats = jax.jit(method.vlm.encode_image)(frozen, images)
   s = jax.jit(method.scorer.apply)({"params": params["scorer"]}, feats)
-  idx = np.asarray(seq.kept)
+  idx = np.asarray(kept)
   for b in range(2):
     np.testing.assert_array_equal(idx[b], np.sort(np.argsort(-s[b])[:k]))
   want = jax.jit(method.vlm.project)(frozen,
@@ -65,7 +65,7 @@ def test_pruned_inference_uses_original_features_and_policy(setup):
   np.testing.assert_array_equal(seq.positions[0, k:], [16, 17, 18, 19, 20,
                                                        21, 21])
   assert seq.input_mask[:, :k].all() and not seq.mask_ar[:, :k].any()
-  packed = build(images, "packed")
+  packed, _ = build(images, "packed")
   np.testing.assert_array_equal(packed.positions[1], [0, 1, 2, 3, 4, 5, 6, 7,
                                                       8, 9, 9, 9])
   np.testing.assert_array_equal(packed.embeddings, seq.embeddings)
@@ -117,8 +117,14 @@ def test_train_gradients_and_frozen_params(setup):
   (loss, aux), (g, g_frozen, g_s) = jax.jit(jax.value_and_grad(
       loss_fn, argnums=(0, 1, 2), has_aux=True))(params, frozen,
                                                  jnp.zeros((2, N)))
-  assert np.isfinite(float(loss)) and 0 < float(aux["alpha_kept"]) <= 1
-  assert float(aux["alpha_dropped"]) < float(aux["alpha_kept"])
+  assert np.isfinite(float(loss))
+  # aux: the mean soft weight of each example's k largest and of the rest.
+  alpha = np.sort(np.asarray(soft_topk(feats_scores(method, params, feats),
+                                       k, 2.0)), axis=-1)[:, ::-1]
+  np.testing.assert_allclose(aux["alpha_kept"], alpha[:, :k].mean(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(aux["alpha_dropped"], alpha[:, k:].mean(),
+                             rtol=1e-5)
   for leaf in jax.tree_util.tree_leaves(g):
     assert np.all(np.isfinite(np.asarray(leaf)))
   assert float(jnp.abs(g["scorer"]["head"]["kernel"]).max()) > 0
@@ -139,6 +145,33 @@ def test_train_gradients_and_frozen_params(setup):
       jax.tree_util.tree_leaves(new["scorer"]),
       jax.tree_util.tree_leaves(params["scorer"]))]
   assert min(moved) > 0
+
+
+def feats_scores(method, params, feats):
+  return jax.jit(method.scorer.apply)({"params": params["scorer"]}, feats)
+
+
+def test_traced_k_matches_static_k_with_one_compile(setup):
+  """k drawn per step is a traced scalar: one program for every K, and the
+  same loss, aux and gradients as a static K."""
+  method, params, frozen, images, text = setup
+  feats = jax.jit(method.vlm.encode_image)(frozen, images)
+  rng = jax.random.key(5)
+
+  def loss(p, k):
+    return train_loss(method, p, frozen, feats, text, rng, k, 0.7)
+
+  traced = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  for k in (3, 8, N):
+    (l_t, aux_t), g_t = traced(params, jnp.int32(k))
+    (l_s, aux_s), g_s = jax.jit(jax.value_and_grad(
+        lambda p: loss(p, k), has_aux=True))(params)
+    np.testing.assert_allclose(l_t, l_s, rtol=1e-6)
+    for key in aux_s:
+      np.testing.assert_allclose(aux_t[key], aux_s[key], rtol=1e-6, atol=1e-7)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-7), g_t, g_s)
+  assert traced._cache_size() == 1
 
 
 def test_param_count_of_the_tiny_config():

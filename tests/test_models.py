@@ -117,7 +117,7 @@ def test_unrolled_layer_scan_gives_the_same_logits():
 
 def test_unstacked_layers_give_the_same_outputs_and_cache():
   """`scan_layers=False` on `unstack_layers(params)` is the same model."""
-  from autoselect_jax.inference import decode
+  from autoselect_jax.inference import decode, prune
   from autoselect_jax.models import unstack_layers
   c = get_variant("tiny-gqa")
   scanned, loose = VLM(c), VLM(c, scan_layers=False)
@@ -137,11 +137,11 @@ def test_unstacked_layers_give_the_same_outputs_and_cache():
   # Prefill + one cached step: same logits and caches.
   outs = []
   for vlm, p in ((scanned, params), (loose, flat)):
-    prefix = decode.full_prefix(vlm, p, images, tokens, mask, ar)
+    prefix = prune.full_prefix(vlm, p, images, tokens, mask, ar)
     logits, cache, cache_mask, pos = decode.prefill(vlm, p, prefix, 40)
     step, cache, _ = decode.extend(vlm, p, jnp.argmax(logits, -1), pos + 1,
-                                   cache, cache_mask, prefix.x.shape[1])
-    outs.append((logits, step, cache.k, cache.v))
+                                   cache, cache_mask, prefix.length)
+    outs.append((logits, step, *cache.k, *cache.v))
   for a, b in zip(*outs):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
   with pytest.raises(ValueError, match="stacked"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autoselect_jax import Denoiser, Scorer
-from autoselect_jax.method.modules import Attention
+from autoselect_jax.models.siglip import SelfAttention
 
 X = jax.random.normal(jax.random.key(0), (2, 12, 32))
 
@@ -74,12 +74,12 @@ def test_denoiser_output_at_token_i_depends_on_token_i_only():
 
 
 def test_self_only_attention_equals_identity_masked_attention():
-  full = Attention(num_heads=4)
+  full = SelfAttention(num_heads=4)
   params = full.init(jax.random.key(4), X)["params"]
   eye = jnp.broadcast_to(jnp.eye(12, dtype=bool), (2, 12, 12))
   masked = full.apply({"params": params}, X, eye)
   own = {k: params[k] for k in ("value", "out")}
-  self_only = Attention(num_heads=4, self_only=True).apply({"params": own}, X)
+  self_only = SelfAttention(num_heads=4, self_only=True).apply({"params": own}, X)
   np.testing.assert_allclose(self_only, masked, atol=1e-6)
 
 

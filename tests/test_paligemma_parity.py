@@ -11,7 +11,8 @@ import hf_reference
 from decode_reference import assert_cached_decode_matches_recompute
 from autoselect_jax.checkpoints import store
 from autoselect_jax.data.processor import Processor
-from autoselect_jax.inference.decode import full_prefix, greedy_decode
+from autoselect_jax.inference.decode import greedy_decode
+from autoselect_jax.inference.prune import full_prefix
 from autoselect_jax.models import VLM
 
 PREFIXES = ["caption en", "what is in the image and where is the red cat"]

@@ -1,11 +1,14 @@
-"""Hard top-K selection, gather and position ids."""
+"""Hard top-K selection, gather, position ids and the selected sequence."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoselect_jax import gather_tokens, kept_positions, select_topk
-from autoselect_jax.models import positions_from_mask
+from autoselect_jax import (gather_tokens, kept_positions, select_topk,
+                            selected_sequence)
+from autoselect_jax.models import VLM, get_variant, positions_from_mask
+from autoselect_jax.models.sequence import text_positions
 
 
 def test_select_topk_keeps_original_order_and_the_top_set():
@@ -36,16 +39,30 @@ def test_gather_tokens():
 
 def test_positions_original_and_packed():
   idx = jnp.array([[1, 4, 6], [0, 2, 7]])
-  pos = kept_positions(idx, 8, 4, "original")
-  np.testing.assert_array_equal(pos, [[1, 4, 6, 8, 9, 10, 11],
-                                      [0, 2, 7, 8, 9, 10, 11]])
-  pos = kept_positions(idx, 8, 4, "packed")
-  np.testing.assert_array_equal(pos, [[0, 1, 2, 3, 4, 5, 6]] * 2)
-  # With the text's input_mask, padding repeats the last real position.
-  mask = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
-  np.testing.assert_array_equal(
-      kept_positions(idx, 8, 4, "packed", text_mask=mask),
-      [[0, 1, 2, 3, 4, 5, 5], [0, 1, 2, 3, 4, 4, 4]])
+  index, span = kept_positions(idx, 8, "original")
+  np.testing.assert_array_equal(index, idx)
+  assert span == 8
+  index, span = kept_positions(idx, 8, "packed")
+  np.testing.assert_array_equal(index, [[0, 1, 2]] * 2)
+  assert span == 3
+
+
+def test_sequence_positions_follow_the_policy():
+  """[kept ; text] positions: text from span on, padding repeats the last."""
+  vlm = VLM(get_variant("tiny"))
+  params = vlm.init_params(jax.random.key(0))
+  idx = jnp.array([[1, 4, 6], [0, 2, 7]])
+  tokens = jnp.array([[2, 5, 6, 0], [2, 5, 0, 0]])
+  mask = tokens != 0
+  feats = jnp.zeros((2, 16, 32))
+  for policy, want in (
+      ("original", [[1, 4, 6, 16, 17, 18, 18], [0, 2, 7, 16, 17, 17, 17]]),
+      ("packed", [[0, 1, 2, 3, 4, 5, 5], [0, 1, 2, 3, 4, 4, 4]])):
+    seq = selected_sequence(vlm, params, feats, idx, tokens, mask,
+                            jnp.zeros_like(tokens), policy)
+    np.testing.assert_array_equal(seq.positions, want)
+    assert seq.text_start == 3
+    np.testing.assert_array_equal(seq.input_mask[:, 3:], mask)
 
 
 def test_positions_with_all_tokens_kept_match_the_full_layout():
@@ -54,8 +71,9 @@ def test_positions_with_all_tokens_kept_match_the_full_layout():
   idx = jnp.broadcast_to(jnp.arange(n), (2, n))
   full = positions_from_mask(jnp.concatenate([jnp.ones((2, n), bool), mask], 1))
   for policy in ("original", "packed"):
-    np.testing.assert_array_equal(
-        kept_positions(idx, n, t, policy, text_mask=mask), full)
+    index, span = kept_positions(idx, n, policy)
+    got = jnp.concatenate([index, text_positions(mask, span)], 1)
+    np.testing.assert_array_equal(got, full)
 
 
 def test_bad_inputs():
@@ -72,8 +90,6 @@ def test_bad_inputs():
     gather_tokens(jnp.zeros((2, 8, 4)), jnp.zeros((3, 2), jnp.int32))
   idx = jnp.array([[0, 1]])
   with pytest.raises(ValueError, match="position policy must be one of"):
-    kept_positions(idx, 8, 3, "shuffled")
+    kept_positions(idx, 8, "shuffled")
   with pytest.raises(ValueError, match="1 <= K <= N"):
-    kept_positions(idx, 1, 3, "original")
-  with pytest.raises(ValueError, match="text_mask must be"):
-    kept_positions(idx, 8, 3, "original", text_mask=jnp.ones((1, 4), bool))
+    kept_positions(idx, 1, "original")

@@ -11,7 +11,7 @@ caller hands `evaluate` (e.g. a learned Scorer's parameters), so selection
 functions stay static and nothing is baked into the compiled program.
 AutoSelect plugs in as `scores_selection(lambda f, ctx: scorer(ctx[...], f))`.
 
-Kept tokens keep their index in the full grid as position (METHOD.md's
+Kept tokens keep their index in the full grid as position (docs/method.md's
 `original` policy) and text positions start at N, as in the full model.
 Metric: teacher-forced exact match: an example scores 1 iff the argmax at
 every suffix position equals the target token (caption and <eos>).
@@ -29,33 +29,26 @@ import numpy as np
 from autoselect_jax.demo import synthetic
 from autoselect_jax.data.processor import Processor
 from autoselect_jax.demo import data as demo_data
-from autoselect_jax.inference.decode import build_prefix
-from autoselect_jax.models import VLM, make_attention_mask
+from autoselect_jax.method.selection import select_topk, selected_sequence
+from autoselect_jax.models import VLM, grid_index
 
 SelectFn = Callable[[jax.Array, jax.Array, int, Mapping[str, Any]], jax.Array]
 
 
 # --- selection functions ------------------------------------------------------
-def top_k_sorted(scores, k: int):
-  """(B, N) scores -> (B, k) int32 indices of the k largest, ascending."""
-  if not 0 < k <= scores.shape[-1]:
-    raise ValueError(f"k={k} must be in [1, {scores.shape[-1]}]")
-  return jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1).astype(jnp.int32)
-
-
 def full_selection(features, rng, k, ctx):
   """Every token (k must equal N)."""
   del rng, ctx
   b, n = features.shape[:2]
   if k != n:
     raise ValueError(f"full_selection keeps all N={n} tokens, got k={k}")
-  return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  return grid_index(b, n)
 
 
 def random_selection(features, rng, k, ctx):
   """k tokens uniformly at random, independently per example."""
   del ctx
-  return top_k_sorted(jax.random.uniform(rng, features.shape[:2]), k)
+  return select_topk(jax.random.uniform(rng, features.shape[:2]), k)
 
 
 def oracle_selection(features, rng, k, ctx):
@@ -65,7 +58,7 @@ def oracle_selection(features, rng, k, ctx):
     raise ValueError(f"object_mask {mask.shape} does not match features "
                      f"{features.shape[:2]}")
   noise = jax.random.uniform(rng, mask.shape)
-  return top_k_sorted(mask.astype(jnp.float32) * 2.0 + noise, k)
+  return select_topk(mask.astype(jnp.float32) * 2.0 + noise, k)
 
 
 def scores_selection(score_fn: Callable[[jax.Array, Mapping[str, Any]],
@@ -76,47 +69,31 @@ def scores_selection(score_fn: Callable[[jax.Array, Mapping[str, Any]],
   """
   def select(features, rng, k, ctx):
     del rng
-    return top_k_sorted(score_fn(features, ctx), k)
+    return select_topk(score_fn(features, ctx), k)
   return select
 
 
 # --- evaluation ---------------------------------------------------------------
-def keep_tokens(vlm: VLM, params, features, idx):
-  """Gathers kept tokens (B, k, Dv) by idx (B, k) and projects -> (B, k, D)."""
-  kept = jnp.take_along_axis(features, idx[..., None], axis=1)
-  return vlm.project(params, kept)
-
-
-def teacher_forced_match(vlm: VLM, params, visual, visual_positions, tokens,
-                         input_mask, mask_ar, loss_mask, num_visual: int):
-  """bool (B,): every target token is the argmax given the true history.
-
-  visual: (B, K, D) projected; visual_positions (B, K); text (B, T); text
-  positions start at `num_visual` (N of the full grid).
-  """
-  b, k = visual.shape[:2]
-  prefix = build_prefix(vlm, params, visual, visual_positions, tokens,
-                        input_mask, mask_ar,
-                        text_start=jnp.full((b,), num_visual, jnp.int32))
-  mask = make_attention_mask(prefix.input_mask, prefix.mask_ar)
-  hidden, _ = vlm.run_llm(params, prefix.x, prefix.positions, mask)
-  t = tokens.shape[1]
-  # Sequence position k + j - 1 predicts text token j.
-  logits = vlm.logits(params, hidden[:, k - 1:k + t - 1])
-  ok = (jnp.argmax(logits, axis=-1) == tokens) | ~loss_mask
-  return jnp.all(ok, axis=1)
+def selection_logits(vlm: VLM, params, features, idx, tokens, input_mask,
+                     mask_ar, policy: str = "original"):
+  """(B, T, V) logits predicting each text token when only the tokens `idx`
+  (B, K) of `features` (B, N, Dv) reach the LLM (teacher forcing)."""
+  seq = selected_sequence(vlm, params, features, idx, tokens, input_mask,
+                          mask_ar, policy)
+  hidden, _ = vlm.run_llm(params, seq.embeddings, seq.positions,
+                          seq.attention_mask())
+  return vlm.logits(params, seq.text_predictors(hidden, tokens.shape[1]))
 
 
 @functools.partial(jax.jit, static_argnames=("vlm", "select_fn", "k"))
 def _match_batch(vlm: VLM, params, batch, rng, ctx, *, select_fn, k):
+  """bool (B,): every target token is the argmax given the true history."""
   features = vlm.encode_image(params, demo_data.scale_images(batch["images"]))
-  n = features.shape[1]
   idx = select_fn(features, rng, k, ctx)
-  visual = keep_tokens(vlm, params, features, idx)
-  match = teacher_forced_match(vlm, params, visual, idx, batch["tokens"],
-                               batch["input_mask"], batch["mask_ar"],
-                               batch["loss_mask"], n)
-  return match, idx
+  logits = selection_logits(vlm, params, features, idx, batch["tokens"],
+                            batch["input_mask"], batch["mask_ar"])
+  ok = (jnp.argmax(logits, axis=-1) == batch["tokens"]) | ~batch["loss_mask"]
+  return jnp.all(ok, axis=1), idx
 
 
 def _check_indices(idx: np.ndarray, b: int, k: int, n: int) -> None:

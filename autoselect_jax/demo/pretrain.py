@@ -5,7 +5,7 @@
 trains (or finds cached) `DIR/frozen_vlm`, a normal checkpoint folder
 (`checkpoints.store`), then prints caption exact match of the full model and
 of oracle / random token subsets at K = 4, 8, 16 on held-out images: the check
-that the task rewards choosing the right tokens (SYNTHETIC_TASK.md's trap).
+that the task rewards choosing the right tokens (the trap, docs/demo_task.md).
 
 Every parameter trains with next-token loss on "caption en" -> caption (loss
 on the suffix only, prefix-LM mask), AdamW with linear warm-up and cosine
@@ -35,7 +35,8 @@ from autoselect_jax.data.processor import Processor
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval
 from autoselect_jax.demo import tokenizer as demo_tokenizer
-from autoselect_jax.models import VLM, PaliGemmaConfig, get_variant
+from autoselect_jax.models import (VLM, PaliGemmaConfig, get_variant,
+                                   grid_index, next_token_nll)
 
 CKPT_SUBDIR = "frozen_vlm"
 META_FILE = "demo_pretrain.json"
@@ -91,16 +92,19 @@ def init_params(vlm: VLM, seed: int):
 def caption_loss(vlm: VLM, params, batch):
   """Mean next-token cross-entropy over suffix tokens; and token accuracy."""
   images = demo_data.scale_images(batch["images"])
-  logits = vlm.forward(params, images, batch["tokens"], batch["input_mask"],
-                       batch["mask_ar"])
-  n, t = vlm.num_visual_tokens, batch["tokens"].shape[1]
-  logits = logits[:, n - 1:n + t - 1].astype(jnp.float32)  # Predict text[j].
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                        batch["tokens"])
-  w = batch["loss_mask"].astype(jnp.float32)
-  denom = jnp.maximum(w.sum(), 1.0)
-  acc = ((jnp.argmax(logits, -1) == batch["tokens"]) * w).sum() / denom
-  return (nll * w).sum() / denom, acc
+  img = vlm.project(params, vlm.encode_image(params, images))   # (B, N, D)
+  b, n = img.shape[:2]
+  tokens = batch["tokens"]
+  seq = vlm.sequence(params, img, grid_index(b, n), n, tokens,
+                     batch["input_mask"], batch["mask_ar"])
+  hidden, _ = vlm.run_llm(params, seq.embeddings, seq.positions,
+                          seq.attention_mask())
+  logits = vlm.logits(params, seq.text_predictors(hidden, tokens.shape[1]))
+  w = batch["loss_mask"].astype(bool)
+  total, count = next_token_nll(logits, tokens, w)
+  denom = jnp.maximum(count, 1.0)
+  acc = jnp.sum((jnp.argmax(logits, -1) == tokens) & w) / denom
+  return total / denom, acc
 
 
 def make_optimizer(steps: int, lr: float, warmup: int, weight_decay: float):

@@ -1,10 +1,12 @@
-"""KV-cache prefill and decoding (greedy or sampled) over any prefix of embeddings.
+"""KV-cache prefill and decoding (greedy or sampled) over any `Sequence`.
 
-The decoder is fed [visual embeddings (B, K, D) ; text (B, T)] with explicit
-positions, so the full model (K = N) and a pruned one (K < N) share this code.
-Text is right-padded; generated tokens are appended at shared cache slots
-L, L+1, ... (L = K + T) while each example's positions continue from its own
-last real token, and the cache mask hides the padding in between.
+The decoder is fed a `models.Sequence` ([K visual ; T text] with explicit
+positions and masks, built by `vlm.sequence`), so the full model (K = N) and
+a pruned one (K < N) share this code. Text is right-padded; generated tokens
+are appended at shared cache slots L, L+1, ... (L = K + T) while each
+example's positions continue from its own last real token, and the cache
+mask hides the padding in between. The cache is per layer (`KVCache`): a
+decode step writes one slot of each layer's keys and values.
 
 Axes: B batch, K visual tokens, T text, L = K + T prefix length,
 S = L + max_new_tokens cache slots, D width, V vocab.
@@ -13,65 +15,35 @@ S = L + max_new_tokens cache slots, D width, V vocab.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from autoselect_jax.models import KVCache, VLM, make_attention_mask
+from autoselect_jax.models import VLM, Sequence
 
 
-class Prefix(NamedTuple):
-  """Everything the LLM sees before decoding."""
-  x: jax.Array           # (B, L, D) embeddings
-  positions: jax.Array   # (B, L) int32
-  input_mask: jax.Array  # (B, L) bool
-  mask_ar: jax.Array     # (B, L) int32
+def prefill(vlm: VLM, params, seq: Sequence, cache_size: int):
+  """Runs the sequence into a fresh cache of `cache_size` >= L slots.
 
-
-def build_prefix(vlm: VLM, params, visual, visual_positions, tokens,
-                 input_mask, mask_ar, text_start=None) -> Prefix:
-  """[visual (B,K,D) projected ; text (B,T)] with positions.
-
-  Text positions continue from `text_start` (B,) or, by default, from
-  max(visual_positions) + 1, counting real text tokens only.
+  Returns (last real token's logits (B, V), KVCache, cache_mask (B, S) bool,
+  last real token's position (B,)).
   """
-  b, k = visual.shape[:2]
-  text = vlm.embed_text(params, tokens).astype(visual.dtype)
-  if text_start is None:
-    text_start = jnp.max(visual_positions, axis=1) + 1
-  text_pos = text_start[:, None] + jnp.maximum(
-      jnp.cumsum(input_mask.astype(jnp.int32), axis=1) - 1, 0)
-  return Prefix(
-      x=jnp.concatenate([visual, text], axis=1),
-      positions=jnp.concatenate([visual_positions, text_pos], 1).astype(
-          jnp.int32),
-      input_mask=jnp.concatenate([jnp.ones((b, k), bool),
-                                  input_mask.astype(bool)], 1),
-      mask_ar=jnp.concatenate([jnp.zeros((b, k), jnp.int32),
-                               mask_ar.astype(jnp.int32)], 1))
-
-
-def prefill(vlm: VLM, params, prefix: Prefix, cache_size: int):
-  """Runs the prefix; returns (last-token logits (B, V), cache, cache_mask, last_pos)."""
-  b, l = prefix.input_mask.shape
+  b, l = seq.input_mask.shape
   if cache_size < l:
-    raise ValueError(f"cache_size={cache_size} is smaller than the prefix "
+    raise ValueError(f"cache_size={cache_size} is smaller than the sequence "
                      f"length {l}")
-  mask = make_attention_mask(prefix.input_mask, prefix.mask_ar)
-  hidden, kv = vlm.run_llm(params, prefix.x, prefix.positions, mask)
-  pad = [(0, 0), (0, 0), (0, cache_size - l), (0, 0), (0, 0)]
-  cache = KVCache(jnp.pad(kv.k, pad), jnp.pad(kv.v, pad))
-  cache_mask = jnp.pad(prefix.input_mask, [(0, 0), (0, cache_size - l)])
-  last = l - 1 - jnp.argmax(prefix.input_mask[:, ::-1], axis=1)  # (B,)
+  hidden, kv = vlm.run_llm(params, seq.embeddings, seq.positions,
+                           seq.attention_mask())
+  cache = kv.pad_to(cache_size)
+  cache_mask = jnp.pad(seq.input_mask, [(0, 0), (0, cache_size - l)])
+  last = seq.last_real_row()                                    # (B,)
   h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
   logits = vlm.logits(params, h_last)[:, 0]
-  last_pos = jnp.take_along_axis(prefix.positions, last[:, None], 1)[:, 0]
+  last_pos = jnp.take_along_axis(seq.positions, last[:, None], 1)[:, 0]
   return logits, cache, cache_mask, last_pos
 
 
-def extend(vlm: VLM, params, token, position, cache: KVCache, cache_mask,
-           index):
+def extend(vlm: VLM, params, token, position, cache, cache_mask, index):
   """One decode step: token (B,), position (B,) written at slot `index`."""
   x = vlm.embed_text(params, token[:, None])
   cache_mask = jax.lax.dynamic_update_slice_in_dim(
@@ -105,7 +77,7 @@ def sample_logits(logits, keys, temperature, top_p):
 
 
 @functools.partial(jax.jit, static_argnames=("vlm", "max_new_tokens"))
-def decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int, eos_id,
+def decode(vlm: VLM, params, seq: Sequence, *, max_new_tokens: int, eos_id,
            pad_id, temperature=0.0, top_p=1.0, rng=None):
   """Generated tokens (B, max_new_tokens) after a KV-cache prefill.
 
@@ -116,8 +88,8 @@ def decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int, eos_id,
   has emitted <eos>. temperature and top_p are traced: changing them does not
   recompile.
   """
-  b, l = prefix.input_mask.shape
-  logits, cache, cache_mask, pos = prefill(vlm, params, prefix,
+  b, l = seq.input_mask.shape
+  logits, cache, cache_mask, pos = prefill(vlm, params, seq,
                                            l + max_new_tokens)
   if rng is None:
     rng = jax.random.key(0)
@@ -150,18 +122,8 @@ def decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int, eos_id,
   return jax.lax.while_loop(cond, body, state)[5]
 
 
-def greedy_decode(vlm: VLM, params, prefix: Prefix, *, max_new_tokens: int,
+def greedy_decode(vlm: VLM, params, seq: Sequence, *, max_new_tokens: int,
                   eos_id, pad_id):
   """Greedy tokens (B, max_new_tokens): `decode` at temperature 0."""
-  return decode(vlm, params, prefix, max_new_tokens=max_new_tokens,
+  return decode(vlm, params, seq, max_new_tokens=max_new_tokens,
                 eos_id=eos_id, pad_id=pad_id)
-
-
-def full_prefix(vlm: VLM, params, images, tokens, input_mask,
-                mask_ar) -> Prefix:
-  """The unpruned model's prefix: all N visual tokens at positions 0..N-1."""
-  visual = vlm.project(params, vlm.encode_image(params, images))
-  b, n = visual.shape[:2]
-  positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-  return build_prefix(vlm, params, visual, positions, tokens, input_mask,
-                      mask_ar)

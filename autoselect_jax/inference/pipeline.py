@@ -5,8 +5,9 @@
   -> [{"ids": [...], "text": "...", "kept": [3, 17, ...]}]
 
 Each call: preprocess and tokenize on the host, validate everything, then two
-jitted functions: the prefix (encode; for K < N also score, static top-K,
-gather, project) and `decode.decode` (KV-cache prefill of K + T tokens into a
+jitted functions: the prefix (`prune.pruned_prefix`: encode; for K < N also
+score, static top-K, gather, project; then the LLM's `Sequence`) and
+`decode.decode` (KV-cache prefill of K + T tokens into a
 cache of K + T + max_new_tokens slots, then one token per step with EOS
 stopping per example). Prompts are right-padded to a multiple of `bucket`, so
 there is one compile per (batch, K, length bucket, max_new_tokens).
@@ -27,7 +28,7 @@ from autoselect_jax.checkpoints.scorer import check_scorer_params, load_scorer
 from autoselect_jax.data.processor import Processor
 from autoselect_jax.inference.decode import decode
 from autoselect_jax.inference.prune import (LearnedScores, ScoreFn,
-                                            jit_full_prefix, jit_pruned_prefix)
+                                            jit_pruned_prefix)
 from autoselect_jax.method.modules import Scorer
 from autoselect_jax.method.selection import POSITION_POLICIES
 from autoselect_jax.models import VLM, unstack_layers
@@ -160,16 +161,14 @@ class Pipeline:
           f"sequence needs {max(slots, last_position)} positions, over "
           f"max_positions={self.max_positions}")
     text = proc.batch(encoded, length)
-    args = (vlm, self.params, pixels, text.tokens, text.input_mask,
-            text.mask_ar)
-    if k == n:
-      prefix, kept = jit_full_prefix(*args)
-    else:
-      prefix, kept = jit_pruned_prefix(
-          *args, k=k, score_fn=self.score_fn, score_params=self.score_params,
-          policy=self.policy)
+    full = k == n  # All N tokens: the full model, no score function.
+    seq, kept = jit_pruned_prefix(
+        vlm, self.params, pixels, text.tokens, text.input_mask, text.mask_ar,
+        k=k, score_fn=None if full else self.score_fn,
+        score_params=None if full else self.score_params,
+        policy="original" if full else self.policy)
     ids = np.asarray(decode(
-        vlm, self.params, prefix, max_new_tokens=max_new_tokens,
+        vlm, self.params, seq, max_new_tokens=max_new_tokens,
         eos_id=proc.eos_id, pad_id=proc.pad_id, temperature=temperature,
         top_p=top_p, rng=jax.random.key(seed)))
     results = []

@@ -3,13 +3,13 @@
 Small pure pieces, exported flat as optax exports its transforms.
 """
 
-from autoselect_jax.method.forward import (AutoSelect, PrunedSequence,
-                                           build_pruned_sequence, count_params,
-                                           encode, inference_logits,
-                                           loss_from_scores, scores,
-                                           train_loss)
+from autoselect_jax.method.forward import (AutoSelect, build_pruned_sequence,
+                                           count_params, encode,
+                                           inference_logits, loss_from_scores,
+                                           scores, train_loss)
 from autoselect_jax.method.gate import vp_noise_gate
 from autoselect_jax.method.lapsum import laplace_cdf, soft_topk, tau_schedule
 from autoselect_jax.method.modules import Denoiser, Scorer
 from autoselect_jax.method.selection import (POSITION_POLICIES, gather_tokens,
-                                             kept_positions, select_topk)
+                                             kept_positions, select_topk,
+                                             selected_sequence)

@@ -8,9 +8,9 @@ are separate pytrees:
   params = {"scorer": ..., "denoiser": ...}      # trainable
   frozen_params = vlm.init_params(...) / loaded  # never updated
 
-Sequence layout (as the VLM's own forward): [visual tokens][text], text
-right-padded. Visual tokens are always real and belong to the bidirectional
-prefix block. The text batch is any object or mapping with `tokens`,
+The LLM input is always a `models.Sequence` built by `vlm.sequence` (all N
+gated tokens in training, the K selected ones at inference), so every path
+shares one layout, one mask and one next-token loss. The text batch is any object or mapping with `tokens`,
 `input_mask`, `mask_ar` (0 prefix, 1 suffix) and, for the loss, `loss_mask`
 (1 on suffix targets), all (B, T); see autoselect_jax.data.processor.TextBatch.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +30,12 @@ import jax.numpy as jnp
 from autoselect_jax.method.gate import NOISE_SCALES, vp_noise_gate
 from autoselect_jax.method.lapsum import _check_k, _check_tau, soft_topk
 from autoselect_jax.method.modules import Denoiser, Scorer
-from autoselect_jax.method.selection import (POSITION_POLICIES, gather_tokens,
-                                             kept_positions, select_topk)
-from autoselect_jax.models.paligemma import (make_attention_mask,
-                                             positions_from_mask)
+from autoselect_jax.method.selection import (POSITION_POLICIES, select_topk,
+                                             selected_sequence)
+from autoselect_jax.models.sequence import Sequence, grid_index, next_token_nll
 
-__all__ = ["AutoSelect", "PrunedSequence", "encode", "scores",
-           "train_loss", "loss_from_scores", "build_pruned_sequence",
-           "inference_logits",
-           "count_params"]
+__all__ = ["AutoSelect", "encode", "scores", "train_loss", "loss_from_scores",
+           "build_pruned_sequence", "inference_logits", "count_params"]
 
 Params = Any
 
@@ -107,7 +104,8 @@ def _text_arrays(text, names):
   return out
 
 
-def _check_inputs(method: AutoSelect, inputs, batch: int, k) -> int:
+def _check_inputs(method: AutoSelect, inputs, batch: int, k,
+                  traced_ok: bool = False):
   """Validates shapes and k before any compute; returns k."""
   vlm = method.vlm
   if inputs.ndim == 3:
@@ -121,7 +119,7 @@ def _check_inputs(method: AutoSelect, inputs, batch: int, k) -> int:
   if inputs.shape[0] != batch:
     raise ValueError(f"text batch size {batch} != visual batch size "
                      f"{inputs.shape[0]}")
-  return _check_k(k, vlm.num_visual_tokens)
+  return _check_k(k, vlm.num_visual_tokens, traced_ok)
 
 
 def encode(method: AutoSelect, frozen_params, inputs):
@@ -150,16 +148,6 @@ def scores(method: AutoSelect, params, features):
   return method.scorer.apply({"params": params["scorer"]}, features)
 
 
-def _full_masks(input_mask, mask_ar, n):
-  """Masks of [n visual ; text]: input_mask (B, n+T) bool, mask_ar int32."""
-  b = input_mask.shape[0]
-  full_input = jnp.concatenate(
-      [jnp.ones((b, n), bool), input_mask.astype(bool)], 1)
-  full_ar = jnp.concatenate(
-      [jnp.zeros((b, n), jnp.int32), mask_ar.astype(jnp.int32)], 1)
-  return full_input, full_ar
-
-
 def train_loss(method: AutoSelect, params, frozen_params, inputs, text, rng,
                k: int, tau):
   """Next-token loss of the frozen VLM on noise-gated, denoised tokens.
@@ -180,7 +168,8 @@ def train_loss(method: AutoSelect, params, frozen_params, inputs, text, rng,
     inputs: images (B, H, W, 3) or encoder features (B, N, Dv).
     text: tokens, input_mask, mask_ar, loss_mask, each (B, T).
     rng: PRNG key for the gate's noise.
-    k: the budget, a Python int in [1, N].
+    k: the budget, a Python int in [1, N], or a traced int32 scalar (e.g.
+      drawn per step: one compiled program serves every K).
     tau: LapSum temperature, > 0 (may be traced, e.g. `tau_schedule(step)`).
 
   Returns:
@@ -190,7 +179,7 @@ def train_loss(method: AutoSelect, params, frozen_params, inputs, text, rng,
   """
   tokens = _text_arrays(text, ("tokens", "input_mask", "mask_ar",
                                "loss_mask"))[0]
-  k = _check_inputs(method, inputs, tokens.shape[0], k)
+  k = _check_inputs(method, inputs, tokens.shape[0], k, traced_ok=True)
   _check_tau(tau)
   frozen_params = jax.lax.stop_gradient(frozen_params)
   x = encode(method, frozen_params, inputs)                    # (B, N, Dv)
@@ -214,7 +203,7 @@ def loss_from_scores(method: AutoSelect, params, frozen_params, features, s,
     raise ValueError(f"scores {s.shape} must be (B, N) for features "
                      f"{x.shape}")
   b, n, _ = x.shape
-  k = _check_k(k, n)
+  k = _check_k(k, n, traced_ok=True)
   if tokens.shape[0] != b:
     raise ValueError(f"text batch size {tokens.shape[0]} != visual batch "
                      f"size {b}")
@@ -222,49 +211,36 @@ def loss_from_scores(method: AutoSelect, params, frozen_params, features, s,
   alpha = soft_topk(s, k, tau)                                 # (B, N)
   noised = vp_noise_gate(x, alpha, rng, method.noise_scale, method.min_alpha)
   denoised = method.denoiser.apply({"params": params["denoiser"]}, noised)
-  img = vlm.project(frozen_params, denoised)                   # (B, N, D)
-  seq = jnp.concatenate(
-      [img, vlm.embed_text(frozen_params, tokens).astype(img.dtype)], 1)
-  full_input, full_ar = _full_masks(input_mask, mask_ar, n)
-  hidden, _ = vlm.run_llm(frozen_params, seq, positions_from_mask(full_input),
-                          make_attention_mask(full_input, full_ar))
-  # Text token j sits at position n + j and is predicted at n + j - 1; only
-  # those T rows go through the (large) vocabulary projection.
-  logits = vlm.logits(frozen_params, hidden[:, n - 1:n + t - 1])  # (B,T,V)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32),
-                             axis=-1)[..., 0]                  # (B, T)
-  w = (loss_mask.astype(bool) & input_mask.astype(bool)).astype(jnp.float32)
-  num_targets = jnp.sum(w)
-  loss = jnp.sum(w * nll) / jnp.maximum(num_targets, 1.0)
-  top = jax.lax.top_k(alpha, k)[0]                             # (B, K)
-  kept_sum = jnp.sum(top, -1)
+  seq = vlm.sequence(frozen_params, vlm.project(frozen_params, denoised),
+                     grid_index(b, n), n, tokens, input_mask, mask_ar)
+  hidden, _ = vlm.run_llm(frozen_params, seq.embeddings, seq.positions,
+                          seq.attention_mask())
+  # Only the T rows that predict text go through the (large) vocabulary.
+  logits = vlm.logits(frozen_params, seq.text_predictors(hidden, t))
+  total, num_targets = next_token_nll(
+      logits, tokens, loss_mask.astype(bool) & input_mask.astype(bool))
+  loss = total / jnp.maximum(num_targets, 1.0)
+  # alpha of each example's k largest vs the rest (k may be traced).
+  ranked = -jnp.sort(-alpha, axis=-1)                          # (B, N)
+  kept_sum = jnp.sum(jnp.where(jnp.arange(n) < k, ranked, 0.0), -1)
   aux = {
       "num_targets": num_targets,
-      "alpha_kept": jnp.mean(kept_sum / k),
-      "alpha_dropped": jnp.mean((jnp.sum(alpha, -1) - kept_sum)
-                                / max(n - k, 1)),
+      "alpha_kept": jnp.mean(kept_sum) / k,
+      "alpha_dropped": jnp.mean(jnp.sum(alpha, -1) - kept_sum)
+                       / jnp.maximum(n - k, 1),
   }
   return loss, aux
 
 
-class PrunedSequence(NamedTuple):
-  """The LLM input of the pruned model: [K kept visual ; T text]."""
-  embeddings: jax.Array  # (B, K + T, D)
-  positions: jax.Array   # (B, K + T) int32
-  input_mask: jax.Array  # (B, K + T) bool
-  mask_ar: jax.Array     # (B, K + T) int32
-  kept: jax.Array        # (B, K) int32 kept visual indices, ascending
-
-
 def build_pruned_sequence(method: AutoSelect, params, frozen_params, inputs,
                           tokens, input_mask, mask_ar, k: int,
-                          policy: Optional[str] = None) -> PrunedSequence:
-  """Scorer -> hard top-k -> ORIGINAL features of the kept tokens -> projector.
+                          policy: Optional[str] = None
+                          ) -> tuple[Sequence, jax.Array]:
+  """Scorer -> hard top-k -> `selection.selected_sequence`.
 
-  No gate, no Denoiser. The prefill input for generation code, and the body of
-  `inference_logits`. tokens, input_mask, mask_ar: (B, T); policy defaults to
-  `method.position_policy`.
+  No gate, no Denoiser. tokens, input_mask, mask_ar: (B, T); policy defaults
+  to `method.position_policy`. Returns (the LLM's Sequence of K + T rows,
+  the kept indices (B, K) int32, ascending).
   """
   policy = method.position_policy if policy is None else policy
   if policy not in POSITION_POLICIES:
@@ -276,17 +252,11 @@ def build_pruned_sequence(method: AutoSelect, params, frozen_params, inputs,
     raise ValueError(f"input_mask {input_mask.shape} and mask_ar "
                      f"{mask_ar.shape} must match tokens {tokens.shape}")
   k = _check_inputs(method, inputs, tokens.shape[0], k)
-  vlm = method.vlm
   x = encode(method, frozen_params, inputs)                     # (B, N, Dv)
-  n = x.shape[1]
   idx = select_topk(scores(method, params, x), k)               # (B, K)
-  img = vlm.project(frozen_params, gather_tokens(x, idx))       # (B, K, D)
-  seq = jnp.concatenate(
-      [img, vlm.embed_text(frozen_params, tokens).astype(img.dtype)], 1)
-  full_input, full_ar = _full_masks(input_mask, mask_ar, k)
-  positions = kept_positions(idx, n, tokens.shape[1], policy,
-                             text_mask=input_mask)
-  return PrunedSequence(seq, positions, full_input, full_ar, idx)
+  seq = selected_sequence(method.vlm, frozen_params, x, idx, tokens,
+                          input_mask, mask_ar, policy)
+  return seq, idx
 
 
 def inference_logits(method: AutoSelect, params, frozen_params, inputs, text,
@@ -298,11 +268,10 @@ def inference_logits(method: AutoSelect, params, frozen_params, inputs, text,
   """
   tokens, input_mask, mask_ar = _text_arrays(
       text, ("tokens", "input_mask", "mask_ar"))
-  seq = build_pruned_sequence(method, params, frozen_params, inputs, tokens,
-                              input_mask, mask_ar, k, policy)
-  hidden, _ = method.vlm.run_llm(
-      frozen_params, seq.embeddings, seq.positions,
-      make_attention_mask(seq.input_mask, seq.mask_ar))
+  seq, _ = build_pruned_sequence(method, params, frozen_params, inputs, tokens,
+                                 input_mask, mask_ar, k, policy)
+  hidden, _ = method.vlm.run_llm(frozen_params, seq.embeddings, seq.positions,
+                                 seq.attention_mask())
   return method.vlm.logits(frozen_params, hidden)
 
 

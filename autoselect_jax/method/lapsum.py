@@ -29,7 +29,6 @@ Axes: B batch, N visual tokens.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 
@@ -46,7 +45,14 @@ def laplace_cdf(x):
   return jnp.where(x < 0, half_tail, 1.0 - half_tail)
 
 
-def _check_k(k, n):
+def _check_k(k, n, traced_ok: bool = False):
+  """k as a Python int in [1, n]; with `traced_ok` an integer scalar array
+  (e.g. traced) passes through unchecked."""
+  if traced_ok and isinstance(k, jax.Array):
+    if k.ndim != 0 or not jnp.issubdtype(k.dtype, jnp.integer):
+      raise ValueError(f"a traced k must be an integer scalar, got "
+                       f"{k.dtype} of shape {k.shape}")
+    return k
   if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
     raise ValueError(f"k must be a Python int (the static number of kept "
                      f"tokens), got {k!r} of type {type(k).__name__}")
@@ -89,7 +95,7 @@ def _threshold(scores, k, tau):
 
   Args:
     scores: (B, N) float.
-    k: int in [1, N - 1].
+    k: scalar in [1, N - 1], of the scores' dtype (may be traced).
     tau: scalar > 0.
 
   Returns:
@@ -142,9 +148,9 @@ def _threshold(scores, k, tau):
                      jnp.where(delta < 0, off_neg, off_zero))
   anchor_idx = jnp.where(delta < 0, m, m - 1)
   # m = 0: every token below, b above x_(1): sum_i exp(x_i - c) / 2 = k.
-  offset = jnp.where(m == 0, jnp.log(down[:, :1]) - math.log(2 * k), offset)
+  offset = jnp.where(m == 0, jnp.log(down[:, :1]) - jnp.log(2 * k), offset)
   # m = N: every token above, b below x_(N): N - A exp(c - x_(N)) / 2 = k.
-  offset = jnp.where(m == n, math.log(2 * (n - k)) - jnp.log(up[:, -1:]),
+  offset = jnp.where(m == n, jnp.log(2 * (n - k)) - jnp.log(up[:, -1:]),
                      offset)
   anchor = take(srt, anchor_idx)                     # (B, 1), clipped index
   z = (scores - anchor) / tau - offset
@@ -164,20 +170,22 @@ def _threshold(scores, k, tau):
   return z - jnp.clip(step, -1.0, 1.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@jax.custom_vjp
 def _soft_topk_core(scores, tau, k):
-  """(B, N), scalar, static int k in [1, N-1] -> alpha (B, N)."""
+  """(B, N), scalar, scalar k in [1, N-1] (scores' dtype) -> alpha (B, N).
+
+  k is an ordinary (traced) argument: one program serves every budget. It
+  gets a zero cotangent (the budget is not learned)."""
   return laplace_cdf(_threshold(scores, k, tau))
 
 
 def _soft_topk_fwd(scores, tau, k):
   z = _threshold(scores, k, tau)
-  return laplace_cdf(z), (z, tau)
+  return laplace_cdf(z), (z, tau, k)
 
 
-def _soft_topk_bwd(k, res, ct):
-  del k
-  z, tau = res
+def _soft_topk_bwd(res, ct):
+  z, tau, k = res
   f = 0.5 * jnp.exp(-jnp.abs(z))                   # (B, N) F'(z)
   w = jax.nn.softmax(-jnp.abs(z), axis=-1)         # f / sum f, never 0 / 0
   ctf = ct * f                                     # (B, N)
@@ -186,13 +194,26 @@ def _soft_topk_bwd(k, res, ct):
   # d alpha_i / d tau = -(f_i / tau) (z_i - sum_j w_j z_j).
   zbar = jnp.sum(w * z, axis=-1, keepdims=True)
   d_tau = -jnp.sum(ctf * (z - zbar)) / tau
-  return d_scores, d_tau.astype(tau.dtype)
+  return d_scores, d_tau.astype(tau.dtype), jnp.zeros_like(k)
 
 
 _soft_topk_core.defvjp(_soft_topk_fwd, _soft_topk_bwd)
-# One compiled program per (shape, k) also for eager callers; inlined under
-# an outer jit.
-_soft_topk_jit = jax.jit(_soft_topk_core, static_argnums=(2,))
+
+
+@jax.jit
+def _soft_topk_any_k(scores, tau, k):
+  """The core for any k in [1, N]: k = N keeps every token (alpha = 1).
+
+  One compiled program per shape, for every k, also for eager callers
+  (inlined under an outer jit).
+  """
+  n = scores.shape[-1]
+  if n == 1:
+    return jnp.ones_like(scores)
+  # The core needs k < N; rows with k = N take the constant 1 instead (their
+  # cotangent into the core is then 0, so its backward stays finite).
+  alpha = _soft_topk_core(scores, tau, jnp.minimum(k, n - 1))
+  return jnp.where(k >= n, jnp.ones_like(alpha), alpha)
 
 
 def soft_topk(scores, k: int, tau=1.0):
@@ -200,7 +221,9 @@ def soft_topk(scores, k: int, tau=1.0):
 
   Args:
     scores: (B, N) or (N,) float logits.
-    k: Python int in [1, N], the budget (static). k = N gives all ones.
+    k: the budget in [1, N]: a Python int (checked), or an integer scalar
+      array that may be traced (unchecked; e.g. drawn per training step, one
+      compiled program for every K). k = N gives all ones.
     tau: temperature > 0, a Python number or a scalar array (may be traced,
       e.g. from `tau_schedule`). As tau -> 0 alpha tends to the hard top-k
       indicator (for distinct scores).
@@ -215,7 +238,7 @@ def soft_topk(scores, k: int, tau=1.0):
   n = scores.shape[-1]
   if n == 0:
     raise ValueError("scores must hold at least one token (N >= 1)")
-  k = _check_k(k, n)
+  k = _check_k(k, n, traced_ok=True)
   _check_tau(tau)
   dtype = jnp.promote_types(scores.dtype, jnp.float32)
   if not jnp.issubdtype(scores.dtype, jnp.floating):
@@ -223,10 +246,7 @@ def soft_topk(scores, k: int, tau=1.0):
   squeeze = scores.ndim == 1
   s = scores.astype(dtype)[None] if squeeze else scores.astype(dtype)
   tau = jnp.asarray(tau, dtype)
-  if k == n:  # Every token kept: the threshold is -inf, alpha is constant.
-    alpha = jnp.ones_like(s)
-  else:
-    alpha = _soft_topk_jit(s, tau, k)
+  alpha = _soft_topk_any_k(s, tau, jnp.asarray(k, dtype))
   return alpha[0] if squeeze else alpha
 
 

@@ -12,55 +12,11 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-__all__ = ["Attention", "Block", "Scorer", "Denoiser"]
+from autoselect_jax.models.siglip import SelfAttention
 
-_NEG_INF = -2.0 ** 100  # Large, finite: a fully masked row stays NaN-free.
-
-
-class Attention(nn.Module):
-  """Multi-head self-attention; logits and softmax in float32.
-
-  `self_only=True` is attention under the identity mask (token i attends only
-  to itself). The softmax over one allowed key is exactly 1, so the output is
-  out(value(x_i)): computed that way, in O(N) and without query / key
-  projections (under that mask they would get no gradient).
-  """
-  num_heads: int
-  self_only: bool = False
-  zero_init_out: bool = False
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, mask=None):
-    """x: (B, N, D); mask: optional bool (B, N, N), True = may attend."""
-    d = x.shape[-1]
-    if d % self.num_heads:
-      raise ValueError(f"width {d} is not divisible by num_heads="
-                       f"{self.num_heads}")
-    e = d // self.num_heads
-    dense = lambda name: nn.DenseGeneral((self.num_heads, e), dtype=self.dtype,
-                                         name=name)
-    v = dense("value")(x)                                   # (B, N, H, E)
-    if self.self_only:
-      if mask is not None:
-        raise ValueError("a self_only Attention takes no mask")
-      out = v
-    else:
-      q = dense("query")(x) * jnp.asarray(e ** -0.5, self.dtype)
-      k = dense("key")(x)
-      logits = jnp.einsum("bqhe,bkhe->bhqk", q, k,
-                          preferred_element_type=jnp.float32)  # (B,H,N,N)
-      if mask is not None:
-        logits = jnp.where(mask[:, None], logits, _NEG_INF)
-      probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-      out = jnp.einsum("bhqk,bkhe->bqhe", probs, v)         # (B, N, H, E)
-    init = (nn.initializers.zeros if self.zero_init_out
-            else nn.initializers.lecun_normal())
-    return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype,
-                           kernel_init=init, name="out")(out)
+__all__ = ["Block", "Scorer", "Denoiser"]
 
 
 class Block(nn.Module):
@@ -80,8 +36,8 @@ class Block(nn.Module):
   def __call__(self, x, mask=None):
     d = x.shape[-1]
     y = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="ln_attn")(x)
-    x = x + Attention(self.num_heads, self.self_only, self.zero_init_out,
-                      self.dtype, name="attn")(y, mask)
+    x = x + SelfAttention(self.num_heads, self.dtype, self.self_only,
+                          self.zero_init_out, name="attn")(y, mask)
     y = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="ln_mlp")(x)
     f = max(1, int(round(self.mlp_ratio * d)))
     y = nn.Dense(f, dtype=self.dtype, name="mlp_in")(y)      # (B, N, F)

@@ -1,4 +1,4 @@
-"""Hard top-K selection for inference: indices, gather, position ids.
+"""Hard top-K selection for inference: indices, gather, positions, sequence.
 
 Axes: B batch, N visual tokens, K kept tokens, T text tokens, D width.
 """
@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from autoselect_jax.method.lapsum import _check_k
+from autoselect_jax.models.sequence import Sequence
 
 __all__ = ["POSITION_POLICIES", "select_topk", "gather_tokens",
-           "kept_positions"]
+           "kept_positions", "selected_sequence"]
 
 POSITION_POLICIES = ("original", "packed")
 
@@ -44,24 +45,18 @@ def gather_tokens(x, idx):
   return jnp.take_along_axis(x, idx[..., None], axis=1)
 
 
-def kept_positions(idx, n_visual: int, num_text: int, policy: str = "original",
-                   text_mask=None):
-  """RoPE positions of the sequence [kept visual (K) ; text (T)].
+def kept_positions(idx, n_visual: int, policy: str = "original"):
+  """Where the kept tokens sit: (visual_index (B, K) int32, span).
 
   Args:
     idx: (B, K) int, the kept indices sorted ascending (`select_topk`).
     n_visual: N, the size of the full visual grid.
-    num_text: T.
     policy: "original": kept token j sits at idx[j], its place in the full
-      grid, and the text follows the full layout (starts at N); "packed":
-      kept tokens at 0..K-1, text from K.
-    text_mask: optional (B, T) bool, the text's input_mask. Given it, text
-      positions count real text tokens as `positions_from_mask` does on the
-      full sequence (padding repeats the last real position); without it they
-      are consecutive.
+      grid, and the visual block spans N positions (the text starts at N, as
+      in the full model); "packed": kept tokens at 0..K-1, span K.
 
   Returns:
-    (B, K + T) int32.
+    (visual_index, span) for `VLM.sequence`.
   """
   if policy not in POSITION_POLICIES:
     raise ValueError(f"position policy must be one of {POSITION_POLICIES}, "
@@ -71,19 +66,30 @@ def kept_positions(idx, n_visual: int, num_text: int, policy: str = "original",
   b, k = idx.shape
   if not 1 <= k <= n_visual:
     raise ValueError(f"need 1 <= K <= N = {n_visual}, got K = {k}")
-  if num_text < 0:
-    raise ValueError(f"num_text must be >= 0, got {num_text}")
-  if text_mask is None:
-    text = jnp.broadcast_to(jnp.arange(num_text, dtype=jnp.int32),
-                            (b, num_text))
-  else:
-    if text_mask.shape != (b, num_text):
-      raise ValueError(f"text_mask must be {(b, num_text)}, got "
-                       f"{text_mask.shape}")
-    text = jnp.cumsum(text_mask.astype(jnp.int32), axis=1) - 1
   if policy == "original":
-    visual, start = idx.astype(jnp.int32), n_visual
-  else:
-    visual = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
-    start = k
-  return jnp.concatenate([visual, text + start], axis=1)
+    return idx.astype(jnp.int32), n_visual
+  return jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)), k
+
+
+def selected_sequence(vlm, params, features, idx, tokens, input_mask,
+                      mask_ar, policy: str = "original") -> Sequence:
+  """The pruned model's LLM input: [K kept visual ; T text].
+
+  The one assembly of a selection that validation (`forward.
+  inference_logits`), the deployed prefill (`inference.prune`) and the
+  demo's evaluation share. The kept tokens' ORIGINAL encoder features are
+  projected (no gate, no Denoiser: those exist only in training).
+  idx = 0..N-1 with either policy is the full model's sequence.
+
+  Args:
+    vlm: the backbone (`models.VLM` interface).
+    params: its parameters.
+    features: (B, N, Dv) encoder output.
+    idx: (B, K) int kept indices, ascending.
+    tokens, input_mask, mask_ar: (B, T) text.
+    policy: "original" or "packed" (`kept_positions`).
+  """
+  index, span = kept_positions(idx, features.shape[1], policy)
+  visual = vlm.project(params, gather_tokens(features, idx))    # (B, K, D)
+  return vlm.sequence(params, visual, index, span, tokens, input_mask,
+                      mask_ar)

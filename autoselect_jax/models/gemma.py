@@ -13,6 +13,7 @@ Parameter names follow big_vision / the Gemma library:
   llm/layers/mlp/linear                    (F, D)
   llm/final_norm/scale
 All `layers/*` arrays carry a leading L (depth) axis: the blocks run under nn.scan.
+With `scan_layers=False` each layer is its own subtree `layers_{i}` instead.
 
 Axes: B batch, T query positions, S key positions (cache slots), D width,
 H query heads, G query heads per KV head, K KV heads, E head dim, F MLP, V vocab.
@@ -31,18 +32,35 @@ import jax
 import jax.numpy as jnp
 
 from autoselect_jax.models.config import GemmaConfig
-
-_NEG_INF = -2.0 ** 100  # Large, finite: a fully masked row stays NaN-free.
+from autoselect_jax.models.sequence import NEG_INF
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every layer: k, v (L, B, S, K, E)."""
-  k: jax.Array
-  v: jax.Array
+  """Keys and values, one (B, S, K, E) array per layer (L of each).
+
+  Kept per layer, as the Gemma library does, so a decode step writes one slot
+  of each layer's arrays in place instead of re-stacking an (L, B, S, K, E)
+  block every token.
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
 
   @property
   def size(self) -> int:
-    return self.k.shape[2]
+    """S, the number of slots."""
+    return self.k[0].shape[1]
+
+  @property
+  def depth(self) -> int:
+    return len(self.k)
+
+  def pad_to(self, size: int) -> "KVCache":
+    """The same keys and values in a cache of `size` >= S slots (zeros after)."""
+    if size < self.size:
+      raise ValueError(f"cannot pad a cache of {self.size} slots to {size}")
+    pad = [(0, 0), (0, size - self.size), (0, 0), (0, 0)]
+    return KVCache(tuple(jnp.pad(a, pad) for a in self.k),
+                   tuple(jnp.pad(a, pad) for a in self.v))
 
 
 class RMSNorm(nn.Module):
@@ -118,7 +136,7 @@ class Attention(nn.Module):
     q = q.reshape(b, t, kh, h // kh, e)  # (B,T,K,G,E)
     logits = jnp.einsum("btkge,bske->bkgts", q, k.astype(self.dtype),
                         preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
+    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(self.dtype))
     out = out.reshape(b, t, h, e)
@@ -226,36 +244,42 @@ class Gemma(nn.Module):
       positions: (B, T) int RoPE positions.
       mask: (B, T, S) bool, True where query t may attend to key s. S = T
         without a cache, S = cache size with one.
-      cache: optional KVCache (L, B, S, K, E); this call's keys and values are
-        written at slots [cache_index, cache_index + T).
+      cache: optional KVCache, L arrays (B, S, K, E) each; this call's keys
+        and values are written at slots [cache_index, cache_index + T).
       cache_index: int scalar, required with `cache`.
 
     Returns:
       (hidden (B, T, D) after the final norm, KVCache): the updated cache, or
-      without an input cache this call's own keys and values (L, B, T, K, E).
+      without an input cache this call's own keys and values (B, T, K, E).
     """
     b, t, _ = x.shape
+    c = self.config
     if positions.shape != (b, t):
       raise ValueError(f"positions must be {(b, t)}, got {positions.shape}")
     s = t if cache is None else cache.size
     if mask.shape != (b, t, s):
       raise ValueError(f"mask must be {(b, t, s)}, got {mask.shape}")
-    if cache is not None and cache_index is None:
-      raise ValueError("cache_index is required with a cache")
-    kv = None if cache is None else (cache.k, cache.v)
+    if cache is not None:
+      if cache_index is None:
+        raise ValueError("cache_index is required with a cache")
+      if cache.depth != c.depth:
+        raise ValueError(f"the cache has {cache.depth} layers, the model "
+                         f"{c.depth}")
     index = 0 if cache_index is None else cache_index
     x = x.astype(self.dtype)
-    if self.scan_layers:
+    if self.scan_layers:  # The scan carries one stacked array per k and v.
+      kv = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
       x, (k, v) = self.layers(x, positions, mask, index, kv)
+      new = KVCache(tuple(k), tuple(v))
     else:
       ks, vs = [], []
       for i, block in enumerate(self.blocks):
         x, (k, v) = block(x, positions, mask, index,
-                          None if kv is None else (kv[0][i], kv[1][i]))
+                          None if cache is None else (cache.k[i], cache.v[i]))
         ks.append(k)
         vs.append(v)
-      k, v = jnp.stack(ks), jnp.stack(vs)
-    return self.final_norm(x), KVCache(k, v)
+      new = KVCache(tuple(ks), tuple(vs))
+    return self.final_norm(x), new
 
   def logits(self, hidden):
     return self.embedder.decode(hidden)

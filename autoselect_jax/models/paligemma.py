@@ -1,10 +1,11 @@
 """PaliGemma = SigLIP + linear projector + Gemma, and the backbone-agnostic `VLM` view.
 
 Sequence layout (as in big_vision and HF): [image tokens][<bos> prefix "\\n"]
-[suffix <eos>][padding]. `input_mask` marks real tokens; `mask_ar` is 1 on
-tokens that attend causally (the suffix) and 0 on the prefix block (image +
-prefix), which attends bidirectionally. Positions count real tokens from 0
-(HF counts from 1; RoPE only sees differences, so logits agree).
+[suffix <eos>][padding], built in one place, `image_text_sequence`.
+`input_mask` marks real tokens; `mask_ar` is 1 on tokens that attend causally
+(the suffix) and 0 on the prefix block (image + prefix), which attends
+bidirectionally. Positions count real tokens from 0 (HF counts from 1; RoPE
+only sees differences, so logits agree).
 
 Axes: B batch, N visual tokens, T text tokens, S = sequence / cache slots,
 Dv vision width, D LLM width, V vocab.
@@ -20,27 +21,51 @@ import jax
 import jax.numpy as jnp
 
 from autoselect_jax.models.config import PaliGemmaConfig
-from autoselect_jax.models.gemma import Gemma, KVCache
+from autoselect_jax.models.gemma import Gemma
+from autoselect_jax.models.sequence import Sequence, grid_index, text_positions
 from autoselect_jax.models.siglip import SiglipVision
 
 Params = Any
 
 
-def make_attention_mask(input_mask, mask_ar):
-  """Prefix-LM mask, (B, S), (B, S) -> (B, S, S) bool, True = may attend.
+def image_text_sequence(visual, visual_index, span: int, text, input_mask,
+                        mask_ar) -> Sequence:
+  """PaliGemma's LLM input: [visual ; text], the one place it is laid out.
 
-  Token i may attend to token j iff j is real and j's causal block index
-  (cumsum of mask_ar) is <= i's. Runs of mask_ar == 0 form one bidirectional
-  block; each mask_ar == 1 token opens a new block (plain causal attention).
+  Args:
+    visual: (B, K, D) projected visual embeddings, any K >= 1 (all N of the
+      full model, or a selection).
+    visual_index: (B, K) int, each visual row's position within the visual
+      block, in [0, span).
+    span: the number of positions the visual block occupies; the text starts
+      at position `span`. The full model: the N grid indices and span N. A
+      selection keeps grid indices and span N ("original") or numbers its
+      tokens 0..K-1 with span K ("packed").
+    text: (B, T, D) text embeddings (`embed_text`), right-padded.
+    input_mask, mask_ar: (B, T) for the text. Visual rows are real and belong
+      to the bidirectional prefix block.
+
+  Returns:
+    A `Sequence` of L = K + T rows with text_start = K.
   """
-  blocks = jnp.cumsum(mask_ar, axis=1)
-  allowed = blocks[:, None, :] <= blocks[:, :, None]
-  return allowed & input_mask[:, None, :].astype(bool)
-
-
-def positions_from_mask(input_mask):
-  """(B, S) -> (B, S) int32 positions that count real tokens from 0."""
-  return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=1) - 1, 0)
+  b, k = visual.shape[:2]
+  t = text.shape[1]
+  if visual_index.shape != (b, k):
+    raise ValueError(f"visual_index must be {(b, k)}, got "
+                     f"{visual_index.shape}")
+  if input_mask.shape != (b, t) or mask_ar.shape != (b, t):
+    raise ValueError(f"input_mask {input_mask.shape} and mask_ar "
+                     f"{mask_ar.shape} must be (B, T) = {(b, t)}")
+  return Sequence(
+      embeddings=jnp.concatenate([visual, text.astype(visual.dtype)], 1),
+      positions=jnp.concatenate(
+          [visual_index.astype(jnp.int32), text_positions(input_mask, span)],
+          1),
+      input_mask=jnp.concatenate([jnp.ones((b, k), bool),
+                                  input_mask.astype(bool)], 1),
+      mask_ar=jnp.concatenate([jnp.zeros((b, k), jnp.int32),
+                               mask_ar.astype(jnp.int32)], 1),
+      text_start=k)
 
 
 class PaliGemma(nn.Module):
@@ -82,14 +107,11 @@ class PaliGemma(nn.Module):
     part of the bidirectional prefix.
     """
     img = self.project(self.encode_image(images))
-    x = jnp.concatenate([img, self.embed_text(tokens).astype(img.dtype)], 1)
     b, n = img.shape[:2]
-    input_mask = jnp.concatenate(
-        [jnp.ones((b, n), bool), input_mask.astype(bool)], 1)
-    mask_ar = jnp.concatenate([jnp.zeros((b, n), jnp.int32),
-                               mask_ar.astype(jnp.int32)], 1)
-    hidden, _ = self.run_llm(x, positions_from_mask(input_mask),
-                             make_attention_mask(input_mask, mask_ar))
+    seq = image_text_sequence(img, grid_index(b, n), n,
+                              self.embed_text(tokens), input_mask, mask_ar)
+    hidden, _ = self.run_llm(seq.embeddings, seq.positions,
+                             seq.attention_mask())
     return self.logits(hidden)
 
 
@@ -98,7 +120,9 @@ class VLM:
   """What the method, training and inference code may know about a VLM.
 
   Pure functions of an explicit parameter tree (the inner dict, without the
-  'params' collection key). A new backbone provides the same six functions.
+  'params' collection key). A new backbone provides the same functions:
+  encode_image, project, sequence, run_llm, logits (embed_text and forward
+  are conveniences).
   """
   config: PaliGemmaConfig
   dtype: Any = jnp.float32
@@ -138,6 +162,15 @@ class VLM:
 
   def embed_text(self, params, tokens):
     return self._apply(params, PaliGemma.embed_text, tokens)
+
+  def sequence(self, params, visual, visual_index, span: int, tokens,
+               input_mask, mask_ar) -> Sequence:
+    """The LLM input for projected visual rows (B, K, D) at `visual_index`
+    (B, K) within a visual block of `span` positions, and text (B, T); see
+    `image_text_sequence`."""
+    return image_text_sequence(visual, visual_index, span,
+                               self.embed_text(params, tokens), input_mask,
+                               mask_ar)
 
   def run_llm(self, params, x, positions, mask, cache=None, cache_index=None):
     """-> (hidden (B, T, D), KVCache); see `Gemma.__call__`."""
@@ -185,10 +218,3 @@ def unstack_layers(params) -> Params:
   enc.update(split(enc.pop("encoderblock"), "encoderblock"))
   return {**params, "llm": llm,
           "img": {**params["img"], "Transformer": enc}}
-
-
-def init_cache(config: PaliGemmaConfig, batch: int, size: int,
-               dtype=jnp.float32) -> KVCache:
-  c = config.llm
-  shape = (c.depth, batch, size, c.num_kv_heads, c.head_dim)
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))

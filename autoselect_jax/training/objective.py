@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from autoselect_jax.method import AutoSelect, Denoiser, Scorer
 from autoselect_jax.method import forward
-from autoselect_jax.models import VLM
+from autoselect_jax.models import VLM, next_token_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +37,18 @@ class Objective:
                               batch, rng, k, tau)
 
   def eval_loss(self, params, frozen, batch, k: int):
-    """(sum of target NLL, number of targets) with HARD top-k: the deployed path."""
-    logits = forward.inference_logits(self.method, params, frozen,
-                                      batch["image"], batch, k)
+    """(sum of target NLL, number of targets) with HARD top-k: the deployed
+    path (`forward.build_pruned_sequence`, as generation builds it)."""
     tokens = batch["tokens"]
-    t = tokens.shape[1]
-    logp = jax.nn.log_softmax(logits[:, k - 1:k + t - 1], axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
-    w = (batch["loss_mask"].astype(bool)
-         & batch["input_mask"].astype(bool)).astype(jnp.float32)
-    return jnp.sum(w * nll), jnp.sum(w)
+    seq, _ = forward.build_pruned_sequence(
+        self.method, params, frozen, batch["image"], tokens,
+        batch["input_mask"], batch["mask_ar"], k)
+    vlm = self.method.vlm
+    hidden, _ = vlm.run_llm(frozen, seq.embeddings, seq.positions,
+                            seq.attention_mask())
+    logits = vlm.logits(frozen, seq.text_predictors(hidden, tokens.shape[1]))
+    return next_token_nll(logits, tokens, batch["loss_mask"].astype(bool)
+                          & batch["input_mask"].astype(bool))
 
   def scorer_export_config(self, vlm_checkpoint: str) -> dict:
     s = self.method.scorer
