@@ -22,7 +22,7 @@ once per round) so that load drifting on a shared machine hits all alike.
             `selection.gather_tokens` -> (B, K, Dv). The projector is not
             included: it runs on the K kept tokens (N for the full model) as
             part of building the prefix, which is not timed.
-  prefill   `decode.prefill` on a prefix already built by `decode.build_prefix`
+  prefill   `decode.prefill` on a sequence already built by `VLM.sequence`
             over K projected visual tokens and T text tokens (a prompt: all
             real, all in the bidirectional prefix), with a cache of K + T + M
             slots; includes the prefix-LM mask, the cache padding and the

@@ -116,7 +116,7 @@ def warm_up_reference(fn, w, full_prefix, pruned_prefix, project_logits):
   from autoselect_jax.benchmarks.timing import timed
   inputs = {}
   for pruned, p in ((False, full_prefix), (True, pruned_prefix)):
-    inputs[pruned] = (p.x, p.positions, p.input_mask, p.mask_ar)
+    inputs[pruned] = (p.embeddings, p.positions, p.input_mask, p.mask_ar)
     out = timed(fn, w, *inputs[pruned])[1]
     if not pruned:
       proj = np.asarray(project_logits, np.float32)

@@ -62,12 +62,11 @@ def make_stages() -> Stages:
 
   @functools.partial(jax.jit, static_argnums=0)
   def make_prefix(vlm, params, visual_features, visual_positions, tokens):
-    b, n_all = tokens.shape[0], vlm.num_visual_tokens
     visual = vlm.project(params, visual_features)
-    return decode.build_prefix(
-        vlm, params, visual, visual_positions, tokens,
-        jnp.ones(tokens.shape, bool), jnp.zeros(tokens.shape, jnp.int32),
-        text_start=jnp.full((b,), n_all, jnp.int32))
+    return vlm.sequence(params, visual, visual_positions,
+                        vlm.num_visual_tokens, tokens,
+                        jnp.ones(tokens.shape, bool),
+                        jnp.zeros(tokens.shape, jnp.int32))
 
   @functools.partial(jax.jit, static_argnums=(0, 3))
   def prefill(vlm, params, prefix, cache_size):
