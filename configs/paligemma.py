@@ -1,4 +1,4 @@
-"""AutoSelect on a frozen PaliGemma-3B-224 (the paper's recipe, METHOD.md).
+"""AutoSelect on a frozen PaliGemma-3B-224 (the paper's recipe, docs/method.md).
 
   python -m autoselect_jax.train --config configs/paligemma.py --workdir DIR \\
       --config.model.checkpoint=CKPT --config.data.train_path=TRAIN.jsonl \\
