@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -124,3 +125,143 @@ def test_bad_sources(tmp_path, processor):
     make_source("parquet", str(tmp_path / "*.parquet"))
   with pytest.raises(ValueError, match="unknown data source 'csv'"):
     make_source("csv", "x")
+
+
+# --- Parquet at scale: random access, cache bound, Arrow copy --------------
+
+
+@pytest.fixture
+def parquet_set(tmp_path):
+  """(pattern, rows as pyarrow reads them, row groups): 3 files, 9 groups;
+  row 4 of each file has empty bytes, so its path stands in."""
+  folder = tmp_path / "pq"
+  folder.mkdir()
+  groups = 0
+  for k, (n, group) in enumerate([(23, 5), (9, 4), (17, 17)]):
+    images = [{"bytes": b"" if i == 4 else f"jpeg {k}/{i}".encode(),
+               "path": f"{k}/{i}.jpg"} for i in range(n)]
+    table = pa.table({"image": images, "caption": [f"cap {k}/{i}"
+                                                   for i in range(n)]})
+    pq.write_table(table, folder / f"part-{k}.parquet", row_group_size=group)
+    groups += -(-n // group)
+  rows = []
+  for f in sorted(folder.glob("*.parquet")):
+    for r in pq.read_table(f).to_pylist():
+      rows.append((r["image"]["bytes"] or r["image"]["path"], r["caption"]))
+  return str(folder / "*.parquet"), rows, groups
+
+
+@pytest.fixture
+def group_reads(monkeypatch):
+  """Counts pq.ParquetFile.read_row_group calls, whoever makes them."""
+  calls = []
+  read = pq.ParquetFile.read_row_group
+
+  def counted(self, i, *args, **kw):
+    calls.append(i)
+    return read(self, i, *args, **kw)
+  monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+  return calls
+
+
+def _shuffled(n, seed=0):
+  return np.random.default_rng(seed).permutation(n).tolist()
+
+
+@pytest.mark.parametrize("arrow", [False, True], ids=["parquet", "arrow"])
+def test_parquet_random_access_matches_pyarrow(parquet_set, tmp_path, arrow):
+  pattern, rows, groups = parquet_set
+  src = make_source("parquet", pattern, prompt="describe",
+                    parquet_arrow_dir=str(tmp_path / "arrow") if arrow else "")
+  assert len(src) == len(rows) == 49
+  assert repr(src) == f"ParquetSource({groups} row groups, n=49)"
+  for i in _shuffled(len(rows)):
+    ex = src[np.int64(i)]  # Grain hands numpy ints too.
+    assert (ex["image"], ex["suffix"], ex["prefix"]) == (*rows[i], "describe")
+  for bad in (-1, len(rows)):
+    with pytest.raises(IndexError, match=f"row {bad} out of range"):
+      src[bad]
+
+
+def test_parquet_reads_each_row_group_once_when_it_fits(parquet_set,
+                                                        group_reads):
+  pattern, rows, groups = parquet_set
+  src = make_source("parquet", pattern)
+  for i in _shuffled(len(rows)) * 2:  # Two shuffled epochs.
+    src[i]
+  assert len(group_reads) == groups  # Old code: one read per group change.
+
+
+def test_parquet_cache_stays_within_its_bound(parquet_set, group_reads):
+  pattern, rows, groups = parquet_set
+  largest = max(pq.ParquetFile(f).read_row_group(g).nbytes
+                for f in sorted(glob.glob(pattern))
+                for g in range(pq.ParquetFile(f).num_row_groups))
+  for bound in (2.5 * largest, 0):  # 0: only the group in use is kept.
+    group_reads.clear()
+    src = make_source("parquet", pattern, parquet_cache_mb=bound / 2**20)
+    for i in _shuffled(len(rows)):
+      src[i]
+      info = src.cache_info()
+      assert info["bytes"] <= max(bound, largest) and info["groups"] >= 1
+      assert bound or info["groups"] == 1
+    assert info["reads"] == len(group_reads) > groups
+    assert info["reads"] + info["hits"] == len(rows)
+
+
+def test_parquet_threads_share_one_read_per_group(parquet_set, group_reads):
+  from concurrent.futures import ThreadPoolExecutor
+  pattern, rows, groups = parquet_set
+  src = make_source("parquet", pattern)
+  with ThreadPoolExecutor(8) as pool:  # Grain reads with a thread pool.
+    got = list(pool.map(lambda i: src[i], range(len(rows))))
+  assert [(g["image"], g["suffix"]) for g in got] == rows
+  assert len(group_reads) == groups
+
+
+@pytest.mark.parametrize("arrow", [False, True], ids=["parquet", "arrow"])
+def test_parquet_source_pickles_without_its_caches(parquet_set, tmp_path,
+                                                   arrow):
+  import pickle
+  pattern, rows, _ = parquet_set
+  src = make_source("parquet", pattern,
+                    parquet_arrow_dir=str(tmp_path / "arrow") if arrow else "")
+  for i in range(len(rows)):
+    src[i]
+  blob = pickle.dumps(src)
+  assert b"jpeg 0/1" not in blob  # No cached rows travel to the workers.
+  copy = pickle.loads(blob)
+  assert repr(copy) == repr(src) and copy.cache_info()["reads"] == 0
+  assert [(copy[i]["image"], copy[i]["suffix"]) for i in _shuffled(49)] == [
+      rows[i] for i in _shuffled(49)]
+
+
+def test_parquet_arrow_copy_is_made_once_and_redone_when_stale(
+    parquet_set, tmp_path, group_reads):
+  pattern, rows, groups = parquet_set
+  arrow_dir = str(tmp_path / "arrow")
+  make_source("parquet", pattern, parquet_arrow_dir=arrow_dir)
+  assert len(group_reads) == groups and len(os.listdir(arrow_dir)) == 3
+  group_reads.clear()
+  src = make_source("parquet", pattern, parquet_arrow_dir=arrow_dir)
+  assert [src[i]["suffix"] for i in range(49)] == [r[1] for r in rows]
+  assert not group_reads  # Served from the memory-mapped copy.
+  first = sorted(glob.glob(pattern))[0]
+  pq.write_table(pa.table({"image": [{"bytes": b"new", "path": "n.jpg"}],
+                           "caption": ["new"]}), first)
+  src = make_source("parquet", pattern, parquet_arrow_dir=arrow_dir)
+  assert len(src) == 27 and src[0]["image"] == b"new"
+
+
+def test_parquet_errors_name_the_problem(tmp_path):
+  missing = str(tmp_path / "none-*.parquet")
+  with pytest.raises(FileNotFoundError, match="none-\\*.parquet"):
+    make_source("parquet", missing)
+  path = tmp_path / "ints.parquet"
+  pq.write_table(pa.table({"image": [1, 2], "caption": ["a", "b"]}), path)
+  with pytest.raises(ValueError, match="ints.parquet: image column 'image' "
+                     "is int64"):
+    make_source("parquet", str(path))
+  with pytest.raises(ValueError, match="ints.parquet has no column 'text'; "
+                     "columns: \\['image', 'caption'\\]"):
+    make_source("parquet", str(path), caption_column="text")

@@ -77,17 +77,23 @@ def make_loader(source, processor: Processor, *, batch_size: int,
 
 
 def make_source(kind: str, path, **kw):
-  """`jsonl` | `parquet` source from config values."""
+  """`jsonl` | `parquet` source from config values.
+
+  Parquet also takes `parquet_cache_mb` (row-group cache per process) and
+  `parquet_arrow_dir` (convert once to memory-mapped Arrow files there).
+  """
   from autoselect_jax.data import sources
   if kind == "jsonl":
     return sources.JsonlSource(path, prompt=kw.get("prompt", "caption en"),
                                caption_key=kw.get("caption_column", "caption"),
                                image_key=kw.get("image_column", "image"))
-  if kind == "parquet":
-    return sources.ParquetSource(path, prompt=kw.get("prompt", "caption en"),
-                                 image_column=kw.get("image_column", "image"),
-                                 caption_column=kw.get("caption_column",
-                                                       "caption"))
+  if kind == "parquet":  # Cache per process; arrow_dir: see ParquetSource.
+    return sources.ParquetSource(
+        path, prompt=kw.get("prompt", "caption en"),
+        image_column=kw.get("image_column", "image"),
+        caption_column=kw.get("caption_column", "caption"),
+        cache_bytes=int(kw.get("parquet_cache_mb", 256) * 2 ** 20),
+        arrow_dir=kw.get("parquet_arrow_dir") or None)
   raise ValueError(f"unknown data source {kind!r}; use 'jsonl', 'parquet' "
                    "or 'synthetic'")
 
