@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
+import tempfile
 
-import jax
-import pytest
+# A persistent XLA compilation cache for test runs only: its own folder under
+# the system temp dir (never the user's own JAX cache), shared by this
+# process and the training subprocesses the tests start (they inherit the
+# environment). Set AUTOSELECT_TEST_XLA_CACHE to another folder, or to "" to
+# turn it off.
+_CACHE = os.environ.setdefault(
+    "AUTOSELECT_TEST_XLA_CACHE",
+    os.path.join(tempfile.gettempdir(),
+                 f"autoselect_jax-test-xla-cache-{getpass.getuser()}"))
+if _CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  # Small programs too: most of the suite's compiles take well under a second.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402  (after the cache environment is set)
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 

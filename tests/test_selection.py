@@ -66,7 +66,7 @@ def test_sequence_positions_follow_the_policy():
 
 
 def test_positions_with_all_tokens_kept_match_the_full_layout():
-  n, t = 6, 5
+  n = 6
   mask = jnp.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
   idx = jnp.broadcast_to(jnp.arange(n), (2, n))
   full = positions_from_mask(jnp.concatenate([jnp.ones((2, n), bool), mask], 1))
