@@ -61,3 +61,18 @@ def hf_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hf_mqa(hf_factory):
   return hf_factory("mqa")
+
+
+def tiny_autoselect(variant: str = "tiny"):
+  """(AutoSelect, its params, frozen VLM params, 2 random images) on a tiny
+  random VLM (32 px images, N = 16): the method tests' common setup."""
+  from autoselect_jax import AutoSelect, Denoiser, Scorer
+  from autoselect_jax.models import VLM, get_variant
+  vlm = VLM(get_variant(variant))
+  frozen = jax.jit(vlm.init_params)(jax.random.key(0))
+  method = AutoSelect(vlm, Scorer(num_heads=4), Denoiser(num_heads=4))
+  params = jax.jit(method.init)(jax.random.key(1))
+  s = vlm.image_size
+  images = jax.random.uniform(jax.random.key(2), (2, s, s, 3), minval=-1.0,
+                              maxval=1.0)
+  return method, params, frozen, images

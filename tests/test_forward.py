@@ -6,23 +6,20 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import tiny_autoselect
+
 from autoselect_jax import (AutoSelect, Denoiser, Scorer,
                             build_pruned_sequence, inference_logits,
                             soft_topk, train_loss)
 from autoselect_jax.method import count_params, encode, loss_from_scores
-from autoselect_jax.models import VLM, get_variant
+from autoselect_jax.models import get_variant
 
 N = 16  # tiny: 32 px images, 8 px patches.
 
 
 @pytest.fixture(scope="module")
 def setup():
-  vlm = VLM(get_variant("tiny"))
-  frozen = jax.jit(vlm.init_params)(jax.random.key(0))
-  method = AutoSelect(vlm, Scorer(num_heads=4), Denoiser(num_heads=4))
-  params = jax.jit(method.init)(jax.random.key(1))
-  images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3), minval=-1.0,
-                              maxval=1.0)
+  method, params, frozen, images = tiny_autoselect("tiny")
   # [<bos> prefix "\n"] [suffix <eos>] [pad]; right padded.
   tokens = jnp.array([[2, 5, 6, 7, 8, 1, 0], [2, 9, 10, 11, 1, 0, 0]])
   input_mask = jnp.array([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]], bool)

@@ -17,11 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoselect_jax import AutoSelect, Denoiser, Scorer, inference_logits
+from conftest import tiny_autoselect
+
+from autoselect_jax import inference_logits
 from autoselect_jax.demo import evaluate as demo_eval
 from autoselect_jax.inference import decode
 from autoselect_jax.inference.prune import LearnedScores, jit_pruned_prefix
-from autoselect_jax.models import VLM, Sequence, get_variant, next_token_nll
+from autoselect_jax.models import Sequence, next_token_nll
 
 K = 5
 # [<bos> prefix "\n"] [suffix <eos>]: prompts of 3 and 4 tokens, suffixes of
@@ -32,12 +34,7 @@ SUFFIXES = [[7, 8, 12, 1], [13, 14, 1]]
 
 @pytest.fixture(scope="module")
 def setup():
-  vlm = VLM(get_variant("tiny-gqa"))
-  frozen = jax.jit(vlm.init_params)(jax.random.key(0))
-  method = AutoSelect(vlm, Scorer(num_heads=4), Denoiser(num_heads=4))
-  params = jax.jit(method.init)(jax.random.key(1))
-  images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3), minval=-1.0,
-                              maxval=1.0)
+  method, params, frozen, images = tiny_autoselect("tiny-gqa")
   t = 8
   tokens = np.zeros((2, t), np.int32)
   input_mask = np.zeros((2, t), bool)
