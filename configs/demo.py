@@ -12,11 +12,17 @@
    top-K and the oracle (object tokens) at several budgets.
 """
 
+import ml_collections
+
 from configs import paligemma
 
 
 def get_config():
   c = paligemma.get_config()
+  # The demo is a client of the training system: it provides the frozen VLM
+  # (pre-trained and cached), the data (the shapes task, rendered on access;
+  # the data.source / train_path fields are unused) and the final table.
+  c.client = "autoselect_jax.demo.run"
   c.model.dtype = "float32"
   c.model.scan_unroll = 0  # Fully unrolled: faster for 2 layers on a CPU.
 
@@ -26,7 +32,6 @@ def get_config():
 
   c.tau.steps = 110
 
-  c.data.source = "synthetic"
   c.data.max_text_len = 24
 
   c.optim.lr = 2e-3
@@ -40,8 +45,7 @@ def get_config():
   c.early_stopping_patience = 0
   c.checkpoint.every = 75
 
-  d = c.demo
-  d.enabled = True
+  d = c.demo = ml_collections.ConfigDict()
   d.data_seed = 0
   d.num_train = 24_000
   d.num_eval = 500        # Held-out images for the final table.

@@ -17,6 +17,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # A module that provides parts of the run (autoselect_jax.training.client):
+  # e.g. configs/demo.py's "autoselect_jax.demo.run". Empty: none.
+  c.client = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.checkpoint = ""      # Required: converted PaliGemma folder.
@@ -39,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.tau.start, c.tau.end, c.tau.steps = 2.0, 0.1, 2000
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "jsonl"        # "jsonl" | "parquet" | "synthetic" (demo).
+  c.data.source = "jsonl"        # "jsonl" | "parquet".
   c.data.train_path = ""         # Required.
   c.data.val_path = ""           # Optional; enables validation + early stop.
   c.data.prompt = "caption en"
@@ -62,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 200
   c.eval_batches = 0             # 0: the whole validation set.
   c.early_stopping_patience = 3  # Evaluations without improvement; 0 = off.
+  c.early_stopping_min_delta = 1e-4  # A smaller decrease is no improvement.
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 500
@@ -73,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sharding = ml_collections.ConfigDict()
   c.sharding.frozen = "replicate"     # or "fsdp" (16 GB chips, larger VLMs).
   c.sharding.trainable = "replicate"
+  c.sharding.min_fsdp_size = 2 ** 14  # Smaller arrays stay replicated.
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.initialize = "auto"   # "auto" | "yes" | "no"
@@ -81,7 +86,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.process_id = -1
 
   c.debug_step_delay = 0.0   # Seconds to pause after each step (tests only).
-
-  c.demo = ml_collections.ConfigDict()
-  c.demo.enabled = False
   return c

@@ -2,7 +2,7 @@
 
 Small (tens of MB for PaliGemma-3B) and enough for inference: the frozen VLM
 comes from its own checkpoint folder, the Scorer from this one. Written by
-`autoselect_jax.train` at the end of a run; read by `autoselect_jax.generate
+`autoselect_jax.train` every time a run ends (so it is the final params); read by `autoselect_jax.generate
 --scorer DIR` and `inference.Pipeline`.
 
 scorer_config.json: {"format": "autoselect_jax.scorer", "version": 1,
@@ -26,13 +26,17 @@ FORMAT = "autoselect_jax.scorer"
 
 
 def export_scorer(out_dir: str, scorer_params, scorer_config: dict) -> None:
-  """Writes the Scorer's params and config atomically (nothing is left at
-  `out_dir` on failure). Process 0 writes; the others only gather."""
+  """Writes the Scorer's params and config to `out_dir`, replacing an earlier
+  export only once the new one is complete (nothing partial is ever there).
+
+  scorer_params: numpy or fully addressable jax arrays (multi-host sharded
+  params: gather them first, `training.sharding.to_host`). Process 0 writes.
+  """
   from safetensors.numpy import save_file
   params = jax.tree_util.tree_map(np.asarray, jax.device_get(scorer_params))
   if jax.process_index() != 0:
     return
-  with atomic_directory(out_dir) as tmp:
+  with atomic_directory(out_dir, replace=True) as tmp:
     save_file(flatten(params), os.path.join(tmp, SCORER_PARAMS))
     with open(os.path.join(tmp, SCORER_CONFIG), "w") as f:
       json.dump(scorer_config, f, indent=2)

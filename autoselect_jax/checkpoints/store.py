@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from typing import Callable
 
 import jax
@@ -32,25 +31,79 @@ PARAMS_DIR = "params"
 
 
 @contextlib.contextmanager
-def atomic_directory(out_dir: str):
-  """Yields a temporary folder that becomes `out_dir` only on success."""
+def atomic_directory(out_dir: str, *, replace: bool = False):
+  """Yields a temporary folder that becomes `out_dir` only on success.
+
+  Everything in it gets the user's normal permissions (folders 0777, files
+  0666, less the umask, as `os.makedirs` and `open` give; some writers use
+  0700 / 0600), so others on a shared machine can read the result.
+  replace=False: an existing non-empty `out_dir` is an error. replace=True:
+  an existing `out_dir` is swapped for the new folder once that is complete
+  (the old one is renamed aside, then deleted).
+  """
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir)
-                                  or os.listdir(out_dir)):
+  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or (
+      not replace and os.listdir(out_dir))):
     raise FileExistsError(f"output {out_dir} already exists and is not an "
                           "empty folder; choose a new --out")
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-",
-                         dir=parent)
+  tmp = _sibling(out_dir, "tmp")
+  os.mkdir(tmp)  # Mode 0777 less the umask (mkdtemp would give 0700).
   try:
     yield tmp
+    _normal_permissions(tmp)
+    old = None
     if os.path.isdir(out_dir):
-      os.rmdir(out_dir)  # Empty (checked above).
-    os.rename(tmp, out_dir)
+      if os.listdir(out_dir):  # Only with replace=True (checked above).
+        old = _sibling(out_dir, "old")
+        os.rename(out_dir, old)
+      else:
+        os.rmdir(out_dir)
+    try:
+      os.rename(tmp, out_dir)
+    except BaseException:
+      if old is not None:
+        os.rename(old, out_dir)
+      raise
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def _umask() -> int:
+  try:  # Linux: read it without changing it.
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def _normal_permissions(root: str) -> None:
+  """Folders 0777 and files 0666 (keeping execute bits), less the umask."""
+  mask = _umask()
+  os.chmod(root, 0o777 & ~mask)
+  for folder, dirs, files in os.walk(root):
+    for d in dirs:
+      os.chmod(os.path.join(folder, d), 0o777 & ~mask)
+    for name in files:
+      path = os.path.join(folder, name)
+      if not os.path.islink(path):
+        mode = os.stat(path).st_mode & 0o777
+        os.chmod(path, (mode | 0o666) & ~mask)
+
+
+def _sibling(path: str, tag: str) -> str:
+  """A fresh hidden name next to `path` (not created)."""
+  return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}."
+                      f"{tag}-{os.getpid()}-{os.urandom(4).hex()}")
 
 
 def save_checkpoint(out_dir: str, params, config: PaliGemmaConfig, *,

@@ -1,6 +1,7 @@
-"""The embedded demo's glue for `python -m autoselect_jax.train --config
-configs/demo.py`: the frozen VLM (pre-trained here, cached in the workdir),
-the synthetic data sources, and the final accuracy table."""
+"""The embedded demo as a client of the training system (configs/demo.py sets
+`client = "autoselect_jax.demo.run"`; see `autoselect_jax.training.client`):
+checks of the `demo.*` fields, the frozen VLM (pre-trained here, cached in
+the workdir), the synthetic data sources, and the final accuracy table."""
 
 from __future__ import annotations
 
@@ -15,7 +16,37 @@ import numpy as np
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval
 from autoselect_jax.demo import pretrain
+from autoselect_jax.models import get_variant
 from autoselect_jax.demo.synthetic import SyntheticSource
+from autoselect_jax.method import select_topk
+from autoselect_jax.training.config import ConfigError
+
+
+def _budgets(c: ml_collections.ConfigDict) -> list[int]:
+  try:
+    return [int(k) for k in str(c.demo.budgets).split(",")]
+  except ValueError:
+    raise ConfigError(f"demo.budgets={c.demo.budgets!r}: expected integers "
+                      "like '4,8,16'", "demo.budgets") from None
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """The demo's fields; runs with the training checks, before pre-training."""
+  d = c.demo
+  def need(cond, field, msg):
+    if not cond:
+      raise ConfigError(f"demo.{field}={d[field]!r} {msg}", f"demo.{field}")
+  for field in ("data_seed", "pretrain_seed"):
+    need(isinstance(d[field], int) and d[field] >= 0, field, "must be >= 0")
+  for field in ("pretrain_steps", "pretrain_batch_size", "num_eval"):
+    need(isinstance(d[field], int) and d[field] >= 1, field, "must be >= 1")
+  for field in ("num_train", "num_val"):
+    need(isinstance(d[field], int) and d[field] >= c.batch_size, field,
+         f"must hold at least one batch (batch_size={c.batch_size})")
+  need(d.pretrain_lr > 0, "pretrain_lr", "must be positive")
+  n = get_variant("demo").num_image_tokens
+  need(all(1 <= k <= n for k in _budgets(c)), "budgets",
+       f"must lie in [1, {n}] (the demo VLM's visual tokens)")
 
 
 def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
@@ -42,7 +73,7 @@ def report(c: ml_collections.ConfigDict, workdir: str, result: dict) -> dict:
   setup, params = result["setup"], result["state"]["params"]
   obj, vlm, frozen = setup.objective, setup.vlm, setup.frozen
   d = c.demo
-  ks = [int(k) for k in str(d.budgets).split(",")]
+  ks = _budgets(c)
   t0 = time.time()
   autoselect = demo_eval.scores_selection(
       lambda feats, ctx: obj.scores(ctx["autoselect"], feats))
@@ -52,6 +83,7 @@ def report(c: ml_collections.ConfigDict, workdir: str, result: dict) -> dict:
   examples = demo_data.eval_examples(d.num_eval, d.data_seed)
   table = demo_eval.selection_table(vlm, frozen, setup.processor, examples,
                                     ks, methods, seed=c.seed)
+  kept = kept_tokens(obj, vlm, frozen, params, examples[:NUM_KEPT_SHOWN], ks)
   if jax.process_index() == 0:
     print(f"\nCaption exact match on {d.num_eval} held-out images (AutoSelect "
           f"trained at K={c.autoselect.k}; evaluation {time.time() - t0:.0f}s):")
@@ -60,5 +92,17 @@ def report(c: ml_collections.ConfigDict, workdir: str, result: dict) -> dict:
       json.dump({"table": {m: {str(k): v for k, v in row.items()}
                            for m, row in table.items()},
                  "num_eval": d.num_eval, "trained_k": c.autoselect.k,
-                 "seed": c.seed}, f, indent=2)
+                 "seed": c.seed, "autoselect_kept": kept}, f, indent=2)
   return table
+
+
+NUM_KEPT_SHOWN = 4
+
+
+def kept_tokens(obj, vlm, frozen, params, examples, ks) -> dict:
+  """{str(K): the visual tokens the Scorer keeps, per example (ascending)}
+  for the first few held-out images: what AutoSelect chose, for the record."""
+  images = demo_data.scale_images(np.stack([e.image for e in examples]))
+  scores = obj.scores(params, vlm.encode_image(frozen, images))
+  return {str(k): np.asarray(select_topk(scores, k)).tolist()
+          for k in ks}

@@ -1,5 +1,7 @@
-"""Training checkpoints (Orbax): trainable params, optimizer state, step, RNG
-and every process's data-iterator state, saved together.
+"""Training checkpoints (Orbax): trainable params, optimizer state, step, RNG,
+every process's data-iterator state and the loop's own progress (early
+stopping's best validation loss and count of evaluations without
+improvement), saved together.
 
 Orbax writes each step into a temporary folder and renames it when complete,
 so a run killed at any moment restarts from the latest complete step; the
@@ -13,7 +15,6 @@ import os
 from typing import Any
 
 import grain.python as grain
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -29,29 +30,31 @@ class TrainCheckpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.PyGrainCheckpointHandler()})
+                       "data": grain.PyGrainCheckpointHandler(),
+                       "progress": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iterator, *,
+  def save(self, step: int, state: Any, data_iterator, progress: dict, *,
            force: bool = False) -> bool:
+    """progress: a JSON-able dict of the loop's own state."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=grain.PyGrainCheckpointSave(data_iterator))
+                              data=grain.PyGrainCheckpointSave(data_iterator),
+                              progress=ocp.args.JsonSave(progress))
     return self.manager.save(step, args=args, force=force)
 
-  def restore(self, step: int, abstract_state: Any, data_iterator):
-    """Restores `state` (matching `abstract_state`'s shapes, dtypes and
-    shardings) and sets `data_iterator` in place."""
+  def restore(self, step: int, abstract_state: Any, data_iterator
+              ) -> tuple[Any, dict]:
+    """(state, progress): `state` matches `abstract_state`'s shapes, dtypes
+    and shardings; `data_iterator` is set in place."""
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=grain.PyGrainCheckpointRestore(data_iterator))
+        data=grain.PyGrainCheckpointRestore(data_iterator),
+        progress=ocp.args.JsonRestore())
     restored = self.manager.restore(step, args=args)
     logging.info("restored step %d from %s", step, self.directory)
-    return restored["state"]
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+    return restored["state"], dict(restored["progress"])
 
   def close(self) -> None:
     self.manager.wait_until_finished()

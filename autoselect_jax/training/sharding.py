@@ -5,7 +5,8 @@ The mesh has two axes, `data` and `fsdp`. Batches are sharded over both
 or FSDP-sharded: each array is split along its largest dimension that the
 `fsdp` axis size divides (small arrays, below `min_fsdp_size` elements, stay
 replicated). On one host every device is local; on many hosts each process
-feeds its own slice of the batch with `jax.make_array_from_process_local_data`.
+feeds its own slice of the batch with `jax.make_array_from_process_local_data`,
+and `to_host` gathers arrays sharded over processes back to every host.
 """
 
 from __future__ import annotations
@@ -68,3 +69,21 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   sharding = batch_sharding(mesh)
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def to_host(tree):
+  """numpy copies of the whole (global) arrays, also where they are sharded
+  over several processes (FSDP on many hosts), where `jax.device_get` fails.
+
+  A collective when any array spans processes: every process must call it.
+  """
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree_util.tree_map(one, tree)
