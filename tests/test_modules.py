@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autoselect_jax import Denoiser, Scorer
-from autoselect_jax.models.siglip import SelfAttention
+from autoselect_jax.models.attention import SelfAttention
 
 X = jax.random.normal(jax.random.key(0), (2, 12, 32))
 

@@ -14,7 +14,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from autoselect_jax.models.siglip import SelfAttention
+from autoselect_jax.models.attention import SelfAttention
 
 __all__ = ["Block", "Scorer", "Denoiser"]
 

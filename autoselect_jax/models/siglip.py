@@ -16,11 +16,10 @@ F MLP.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from autoselect_jax.models.attention import SelfAttention
 from autoselect_jax.models.config import SiglipConfig
-from autoselect_jax.models.sequence import NEG_INF
 
 
 class MlpBlock(nn.Module):
@@ -33,50 +32,6 @@ class MlpBlock(nn.Module):
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
     x = nn.gelu(x, approximate=True)
     return nn.Dense(d, dtype=self.dtype, name="Dense_1")(x)
-
-
-class SelfAttention(nn.Module):
-  """Multi-head self-attention (ViT style); logits and softmax in float32.
-
-  The one attention of SigLIP and of the AutoSelect Scorer and Denoiser.
-  `self_only=True` is attention under the identity mask (token i attends only
-  to itself): the softmax over one allowed key is exactly 1, so the output is
-  out(value(x_i)), computed that way in O(N) and without query / key
-  projections (under that mask they would get no gradient).
-  `zero_init_out` starts the output projection at zero.
-  """
-  num_heads: int
-  dtype: jnp.dtype = jnp.float32
-  self_only: bool = False
-  zero_init_out: bool = False
-
-  @nn.compact
-  def __call__(self, x, mask=None):
-    """x: (B, N, D); mask: optional bool (B, N, N), True = may attend."""
-    d = x.shape[-1]
-    if d % self.num_heads:
-      raise ValueError(f"width {d} is not divisible by num_heads="
-                       f"{self.num_heads}")
-    e = d // self.num_heads
-    dense = lambda name: nn.DenseGeneral((self.num_heads, e), dtype=self.dtype,
-                                         name=name)
-    if self.self_only:
-      if mask is not None:
-        raise ValueError("a self_only attention takes no mask")
-      out = dense("value")(x)                                  # (B, N, H, E)
-    else:
-      q = dense("query")(x) * jnp.asarray(e ** -0.5, self.dtype)  # (B,N,H,E)
-      k, v = dense("key")(x), dense("value")(x)
-      logits = jnp.einsum("bqhe,bkhe->bhqk", q, k,
-                          preferred_element_type=jnp.float32)  # (B,H,N,N)
-      if mask is not None:
-        logits = jnp.where(mask[:, None], logits, NEG_INF)
-      probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-      out = jnp.einsum("bhqk,bkhe->bqhe", probs, v)
-    init = (nn.initializers.zeros if self.zero_init_out
-            else nn.initializers.lecun_normal())
-    return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype,
-                           kernel_init=init, name="out")(out)
 
 
 class Encoder1DBlock(nn.Module):
