@@ -48,6 +48,11 @@ def test_mesh_and_fsdp_placement_on_8_devices():
       params = jax.jit(vlm.init_params, out_shardings=s)(jax.random.key(0))
       shard = params["llm"]["embedder"]["input_embedding"].addressable_shards[0]
       assert shard.data.shape == (80, 32), shard.data.shape
+      host = shd.to_host(params)
+      emb = host["llm"]["embedder"]["input_embedding"]
+      assert isinstance(emb, np.ndarray) and emb.shape == (320, 32)
+      np.testing.assert_array_equal(
+          emb, np.asarray(params["llm"]["embedder"]["input_embedding"]))
       batch = shd.global_batch({"x": np.arange(16).reshape(8, 2)}, mesh)
       assert batch["x"].addressable_shards[0].data.shape == (1, 2)
       print("ok")
