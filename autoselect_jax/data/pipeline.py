@@ -94,6 +94,6 @@ def make_source(kind: str, path, **kw):
         caption_column=kw.get("caption_column", "caption"),
         cache_bytes=int(kw.get("parquet_cache_mb", 256) * 2 ** 20),
         arrow_dir=kw.get("parquet_arrow_dir") or None)
-  raise ValueError(f"unknown data source {kind!r}; use 'jsonl', 'parquet' "
-                   "or 'synthetic'")
+  raise ValueError(f"unknown data source {kind!r}; use 'jsonl' or 'parquet' "
+                   "(or a client's own sources, see training/client.py)")
 

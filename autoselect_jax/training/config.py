@@ -141,6 +141,7 @@ def _check_loop(ch: _Checker, c) -> None:
   ch.int_at_least("data.num_epochs", 1)
   ch.int_at_least("data.max_text_len", 2)
   ch.int_at_least("data.worker_count", 0)
+  ch.real_in("data.parquet_cache_mb", 0.0)
   for field in ("log_every", "eval_every", "checkpoint.every",
                 "checkpoint.keep"):
     ch.int_at_least(field, 1)

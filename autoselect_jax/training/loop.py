@@ -147,7 +147,9 @@ def make_sources(c: ml_collections.ConfigDict, client: Client):
     return client.sources(c)
   from autoselect_jax.data.pipeline import make_source
   kw = dict(prompt=c.data.prompt, image_column=c.data.image_column,
-            caption_column=c.data.caption_column)
+            caption_column=c.data.caption_column,
+            parquet_cache_mb=c.data.parquet_cache_mb,
+            parquet_arrow_dir=c.data.parquet_arrow_dir)
   train = make_source(c.data.source, c.data.train_path, **kw)
   val = (make_source(c.data.source, c.data.val_path, **kw)
          if c.data.val_path else None)
