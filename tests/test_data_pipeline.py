@@ -85,13 +85,24 @@ def test_iterator_state_resumes_exactly(manifest, processor):
 
 
 def test_process_shards_are_disjoint(manifest, processor):
-  seen = []
-  for i in range(2):
-    loader = make_loader(make_source("jsonl", manifest), processor,
-                         batch_size=2, max_text_len=16, seed=1, num_epochs=1,
-                         process_index=i, process_count=2)
-    seen.append({tuple(t) for b in loader for t in b["image"][:, 0, 0, :1]})
-  assert seen[0] and seen[1] and not seen[0] & seen[1]
+  """Two processes split every global batch: disjoint, together the valid
+  examples once (3 and 5 are bad), and global batch g is the batch g one
+  process with the global batch size sees."""
+  load = lambda **kw: list(make_loader(
+      make_source("jsonl", manifest), processor, max_text_len=16, seed=1,
+      num_epochs=1, **kw))
+  key = lambda b: [float(v) if ok else None   # Blank images of bad examples.
+                   for v, ok in zip(b["image"][:, 0, 0, 0], b["valid"])]
+  parts = [load(batch_size=2, process_index=i, process_count=2)
+           for i in range(2)]
+  one = load(batch_size=4)
+  assert len(parts[0]) == len(parts[1]) == len(one) == 3
+  seen = [[v for b in p for v in key(b) if v is not None] for p in parts]
+  assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+  assert len(seen[0]) + len(seen[1]) == 10
+  for g in range(3):
+    together = key(parts[0][g]) + key(parts[1][g])
+    assert sorted(together, key=str) == sorted(key(one[g]), key=str)
 
 
 def test_parquet_source_reads_hf_datasets_layout(tmp_path, processor):

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from autoselect_jax.data.processor import Processor, preprocess_image
+from autoselect_jax.data.sampler import GlobalBatchSampler
 
 
 class Preprocess(grain.MapTransform):
@@ -56,19 +57,22 @@ def make_loader(source, processor: Processor, *, batch_size: int,
                 num_epochs: int | None = None, worker_count: int = 0,
                 process_index: int = 0, process_count: int = 1
                 ) -> grain.DataLoader:
-  """A Grain DataLoader over this process's shard; `batch_size` is per process.
+  """A Grain DataLoader of this process's slice of every global batch;
+  `batch_size` is per process (the global batch is batch_size x processes).
 
-  The sampler's order depends only on (seed, record count, shard), so a
-  restored iterator state replays exactly the examples an uninterrupted run
-  would have seen.
+  Global batch b holds the same examples for any number of processes
+  (`sampler.GlobalBatchSampler`), and the order depends only on (seed,
+  record count), so a restored iterator state replays exactly the examples an
+  uninterrupted run would have seen.
   """
-  if len(source) < batch_size * process_count:
+  global_batch = batch_size * process_count
+  if len(source) < global_batch:
     raise ValueError(f"data source holds {len(source)} examples, fewer than "
-                     f"one global batch ({batch_size * process_count})")
-  shard = grain.ShardOptions(process_index, process_count, drop_remainder=True)
-  sampler = grain.IndexSampler(len(source), shard_options=shard,
-                               shuffle=shuffle, num_epochs=num_epochs,
-                               seed=seed)
+                     f"one global batch ({global_batch})")
+  sampler = GlobalBatchSampler(len(source), global_batch=global_batch,
+                               process_index=process_index,
+                               process_count=process_count, shuffle=shuffle,
+                               seed=seed, num_epochs=num_epochs)
   return grain.DataLoader(
       data_source=source, sampler=sampler,
       operations=[Preprocess(processor, max_text_len),

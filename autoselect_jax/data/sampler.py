@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import grain.python as grain
 
-from autoselect_jax.data.pipeline import Preprocess
-from autoselect_jax.data.processor import Processor
-
 
 class GlobalBatchSampler:
   """A Grain sampler: DataLoader index j of process p -> a record of the
@@ -67,24 +64,3 @@ class GlobalBatchSampler:
     meta = self._order[self.position(index)]
     return grain.RecordMetadata(index=index, record_key=meta.record_key,
                                 rng=meta.rng)
-
-
-def global_loader(source, processor: Processor, *, global_batch: int,
-                  max_text_len: int, seed: int, shuffle: bool = True,
-                  num_epochs: int | None = None, worker_count: int = 0,
-                  process_index: int = 0, process_count: int = 1
-                  ) -> grain.DataLoader:
-  """A Grain DataLoader of this process's slice (global_batch / P examples)
-  of every global batch; batches as `pipeline.make_loader`'s."""
-  if len(source) < global_batch:
-    raise ValueError(f"data source holds {len(source)} examples, fewer than "
-                     f"one global batch ({global_batch})")
-  sampler = GlobalBatchSampler(len(source), global_batch=global_batch,
-                               process_index=process_index,
-                               process_count=process_count, shuffle=shuffle,
-                               seed=seed, num_epochs=num_epochs)
-  return grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[Preprocess(processor, max_text_len),
-                  grain.Batch(sampler.local_batch, drop_remainder=True)],
-      worker_count=worker_count)

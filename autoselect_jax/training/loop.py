@@ -29,7 +29,7 @@ import optax
 from autoselect_jax.checkpoints import store
 from autoselect_jax.checkpoints.scorer import export_scorer
 from autoselect_jax.data.processor import Processor
-from autoselect_jax.data.sampler import global_loader
+from autoselect_jax.data import pipeline
 from autoselect_jax.models import VLM
 from autoselect_jax.training import sharding as shd
 from autoselect_jax.training.checkpoint import TrainCheckpointer
@@ -145,13 +145,12 @@ def make_sources(c: ml_collections.ConfigDict, client: Client):
   """(train, val or None): the client's, or from `data.*`."""
   if client.sources is not None:
     return client.sources(c)
-  from autoselect_jax.data.pipeline import make_source
   kw = dict(prompt=c.data.prompt, image_column=c.data.image_column,
             caption_column=c.data.caption_column,
             parquet_cache_mb=c.data.parquet_cache_mb,
             parquet_arrow_dir=c.data.parquet_arrow_dir)
-  train = make_source(c.data.source, c.data.train_path, **kw)
-  val = (make_source(c.data.source, c.data.val_path, **kw)
+  train = pipeline.make_source(c.data.source, c.data.train_path, **kw)
+  val = (pipeline.make_source(c.data.source, c.data.val_path, **kw)
          if c.data.val_path else None)
   return train, val
 
@@ -177,13 +176,14 @@ def build(c: ml_collections.ConfigDict, workdir: str, mesh,
 def make_loader(c, setup: Setup, source, *, shuffle: bool = True,
                 num_epochs=None, seed=None):
   """This process's slice of every global batch (`data.sampler`)."""
-  return global_loader(source, setup.processor, global_batch=c.batch_size,
-                       max_text_len=c.data.max_text_len,
-                       seed=c.seed if seed is None else seed, shuffle=shuffle,
-                       num_epochs=num_epochs,
-                       worker_count=c.data.worker_count if shuffle else 0,
-                       process_index=jax.process_index(),
-                       process_count=jax.process_count())
+  return pipeline.make_loader(
+      source, setup.processor,
+      batch_size=c.batch_size // jax.process_count(),
+      max_text_len=c.data.max_text_len,
+      seed=c.seed if seed is None else seed, shuffle=shuffle,
+      num_epochs=num_epochs,
+      worker_count=c.data.worker_count if shuffle else 0,
+      process_index=jax.process_index(), process_count=jax.process_count())
 
 
 # --- state --------------------------------------------------------------------
