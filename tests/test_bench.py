@@ -223,3 +223,11 @@ def test_checkpoint_params_are_cut_to_the_requested_depths(tmp_path):
   with pytest.raises(SystemExit):
     bench._config(parser.parse_args(["--checkpoint", ckpt, "--llm-layers",
                                      "3", "--out", "x.json"]), parser)
+
+
+def test_decode_cache_benchmark_measures_a_long_cache():
+  from autoselect_jax.benchmarks import decode_cache
+  r = decode_cache.measure(batch=2, slots=64, steps=2, repeats=1)
+  assert (r["batch"], r["slots"]) == (2, 64)
+  assert r["cache_mb"] == 2 * 4 * 2 * 64 * 4 * 64 * 4 / 2 ** 20
+  assert 0 < r["min_ms"] <= r["ms_per_token"] <= r["max_ms"]
