@@ -2,8 +2,8 @@
 
 Small (tens of MB for PaliGemma-3B) and enough for inference: the frozen VLM
 comes from its own checkpoint folder, the Scorer from this one. Written by
-`autoselect_jax.train` every time a run ends (so it is the final params); read by `autoselect_jax.generate
---scorer DIR` and `inference.Pipeline`.
+`autoselect_jax.train` every time a run ends (so it holds the final params);
+read by `autoselect_jax.generate --scorer DIR` and `inference.Pipeline`.
 
 scorer_config.json: {"format": "autoselect_jax.scorer", "version": 1,
 "scorer": {Scorer fields}, "position_policy": ..., "vlm": {model config}}.

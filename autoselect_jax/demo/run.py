@@ -19,7 +19,7 @@ from autoselect_jax.demo import pretrain
 from autoselect_jax.models import get_variant
 from autoselect_jax.demo.synthetic import SyntheticSource
 from autoselect_jax.method import select_topk
-from autoselect_jax.training.config import ConfigError
+from autoselect_jax.training.config import Checker, ConfigError
 
 
 def _budgets(c: ml_collections.ConfigDict) -> list[int]:
@@ -32,21 +32,19 @@ def _budgets(c: ml_collections.ConfigDict) -> list[int]:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """The demo's fields; runs with the training checks, before pre-training."""
-  d = c.demo
-  def need(cond, field, msg):
-    if not cond:
-      raise ConfigError(f"demo.{field}={d[field]!r} {msg}", f"demo.{field}")
+  ch = Checker(c)
   for field in ("data_seed", "pretrain_seed"):
-    need(isinstance(d[field], int) and d[field] >= 0, field, "must be >= 0")
+    ch.int_at_least(f"demo.{field}", 0)
   for field in ("pretrain_steps", "pretrain_batch_size", "num_eval"):
-    need(isinstance(d[field], int) and d[field] >= 1, field, "must be >= 1")
+    ch.int_at_least(f"demo.{field}", 1)
   for field in ("num_train", "num_val"):
-    need(isinstance(d[field], int) and d[field] >= c.batch_size, field,
-         f"must hold at least one batch (batch_size={c.batch_size})")
-  need(d.pretrain_lr > 0, "pretrain_lr", "must be positive")
+    v = c.demo[field]
+    ch.need(isinstance(v, int) and v >= c.batch_size, f"demo.{field}",
+            f"must hold at least one batch (batch_size={c.batch_size})")
+  ch.real_in("demo.pretrain_lr", 0.0, lo_open=True)
   n = get_variant("demo").num_image_tokens
-  need(all(1 <= k <= n for k in _budgets(c)), "budgets",
-       f"must lie in [1, {n}] (the demo VLM's visual tokens)")
+  ch.need(all(1 <= k <= n for k in _budgets(c)), "demo.budgets",
+          f"must lie in [1, {n}] (the demo VLM's visual tokens)")
 
 
 def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:

@@ -267,7 +267,9 @@ class Gemma(nn.Module):
                          f"{c.depth}")
     index = 0 if cache_index is None else cache_index
     x = x.astype(self.dtype)
-    if self.scan_layers:  # The scan carries one stacked array per k and v.
+    if self.scan_layers:  # The scan carries one stacked array per k and v
+      # (re-stacked per call: decoding runs on per-layer weights instead,
+      # scan_layers=False, where each layer's cache is written in place).
       kv = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
       x, (k, v) = self.layers(x, positions, mask, index, kv)
       new = KVCache(tuple(k), tuple(v))

@@ -47,7 +47,7 @@ def _is_real(v) -> bool:
           and math.isfinite(v))
 
 
-class _Checker:
+class Checker:
   """need(cond, field, msg) raises ConfigError(f"{field}={value!r} {msg}")."""
 
   def __init__(self, c):
@@ -82,7 +82,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int,
   `client` (training.client.Client): fields it provides (the frozen VLM, the
   data) are not required here; its own `validate` hook runs last.
   """
-  ch = _Checker(c)
+  ch = Checker(c)
   _check_method(ch, c)
   _check_schedules(ch, c)
   _check_loop(ch, c)
@@ -95,7 +95,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int,
     client.validate(c)
 
 
-def _check_method(ch: _Checker, c) -> None:
+def _check_method(ch: Checker, c) -> None:
   ch.int_at_least("autoselect.k", 1)
   for k in parse_k_choices(c.autoselect.k_choices):
     ch.need(k > 0, "autoselect.k_choices", f"holds {k}; budgets must be "
@@ -111,7 +111,7 @@ def _check_method(ch: _Checker, c) -> None:
   ch.int_at_least("model.scan_unroll", 0)
 
 
-def _check_schedules(ch: _Checker, c) -> None:
+def _check_schedules(ch: Checker, c) -> None:
   """tau, learning rate and warm-up (warm-up vs the run's length: also in
   `validate_num_steps` once an epoch-based length is known)."""
   ch.real_in("tau.start", 0.0, lo_open=True)
@@ -136,7 +136,7 @@ def validate_num_steps(c: ml_collections.ConfigDict, steps: int) -> None:
                       "optim.warmup_steps")
 
 
-def _check_loop(ch: _Checker, c) -> None:
+def _check_loop(ch: Checker, c) -> None:
   ch.int_at_least("batch_size", 1)
   ch.int_at_least("data.num_epochs", 1)
   ch.int_at_least("data.max_text_len", 2)
@@ -151,7 +151,7 @@ def _check_loop(ch: _Checker, c) -> None:
   ch.real_in("debug_step_delay", 0.0)
 
 
-def _check_layout(ch: _Checker, c, num_devices: int, process_count: int):
+def _check_layout(ch: Checker, c, num_devices: int, process_count: int):
   ch.one_of("sharding.frozen", ("replicate", "fsdp"))
   ch.one_of("sharding.trainable", ("replicate", "fsdp"))
   ch.int_at_least("sharding.min_fsdp_size", 0)
@@ -162,7 +162,7 @@ def _check_layout(ch: _Checker, c, num_devices: int, process_count: int):
           f"is not divisible by the {process_count} processes")
 
 
-def _check_checkpoint(ch: _Checker, c) -> None:
+def _check_checkpoint(ch: Checker, c) -> None:
   ch.need(c.model.checkpoint, "model.checkpoint", "is not set: pass "
           "--config.model.checkpoint=DIR (a folder written by `python -m "
           "autoselect_jax.convert`), or a config whose client provides the "
@@ -171,7 +171,7 @@ def _check_checkpoint(ch: _Checker, c) -> None:
           "does not exist")
 
 
-def _check_data_paths(ch: _Checker, c) -> None:
+def _check_data_paths(ch: Checker, c) -> None:
   ch.one_of("data.source", ("jsonl", "parquet"))
   ch.need(c.data.train_path, "data.train_path", "is not set: pass "
           "--config.data.train_path=FILE (a JSONL manifest or a Parquet "
