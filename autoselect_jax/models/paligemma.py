@@ -82,9 +82,9 @@ class PaliGemma(nn.Module):
     self.llm = Gemma(c.llm, self.dtype, self.remat, self.unroll,
                      self.scan_layers)
 
-  def encode_image(self, images):
-    """(B, H, W, 3) in [-1, 1] -> (B, N, Dv)."""
-    return self.img(images)
+  def encode_image(self, images, **kwargs):
+    """(B, H, W, 3) in [-1, 1] -> (B, N, Dv); kwargs go to the encoder."""
+    return self.img(images, **kwargs)
 
   def project(self, x):
     """(B, N', Dv) -> (B, N', D), for any number N' of visual tokens."""
@@ -94,8 +94,9 @@ class PaliGemma(nn.Module):
     """(B, T) int -> (B, T, D)."""
     return self.llm.embed(tokens)
 
-  def run_llm(self, x, positions, mask, cache=None, cache_index=None):
-    return self.llm(x, positions, mask, cache, cache_index)
+  def run_llm(self, x, positions, mask, cache=None, cache_index=None,
+              **kwargs):
+    return self.llm(x, positions, mask, cache, cache_index, **kwargs)
 
   def logits(self, hidden):
     return self.llm.logits(hidden)
@@ -151,11 +152,13 @@ class VLM:
   def image_size(self) -> int:
     return self.config.vision.image_size
 
-  def _apply(self, params, method, *args):
-    return self.module.apply({"params": params}, *args, method=method)
+  def _apply(self, params, method, *args, **kwargs):
+    return self.module.apply({"params": params}, *args, method=method,
+                             **kwargs)
 
-  def encode_image(self, params, images):
-    return self._apply(params, PaliGemma.encode_image, images)
+  def encode_image(self, params, images, **kwargs):
+    """(B, H, W, 3) in [-1, 1] -> (B, N, Dv); kwargs: the encoder's options."""
+    return self._apply(params, PaliGemma.encode_image, images, **kwargs)
 
   def project(self, params, x):
     return self._apply(params, PaliGemma.project, x)
@@ -172,10 +175,12 @@ class VLM:
                                self.embed_text(params, tokens), input_mask,
                                mask_ar)
 
-  def run_llm(self, params, x, positions, mask, cache=None, cache_index=None):
-    """-> (hidden (B, T, D), KVCache); see `Gemma.__call__`."""
+  def run_llm(self, params, x, positions, mask, cache=None, cache_index=None,
+              **kwargs):
+    """-> (hidden (B, T, D), KVCache); see `Gemma.__call__` (kwargs: the
+    decoder's options)."""
     return self._apply(params, PaliGemma.run_llm, x, positions, mask, cache,
-                       cache_index)
+                       cache_index, **kwargs)
 
   def logits(self, params, hidden):
     return self._apply(params, PaliGemma.logits, hidden)

@@ -1,0 +1,1 @@
+"""One module per benchmark: its local file layout, prompt and official metric."""
