@@ -21,6 +21,10 @@ H query heads, G query heads per KV head, K KV heads, E head dim, F MLP, V vocab
 The decoder never sees token ids of images: callers hand it any sequence of
 embeddings (B, T, D), explicit positions (B, T) and a boolean attention mask
 (B, T, S). That is what lets a pruned set of visual tokens plug in unchanged.
+With the per-layer layout a call may also run a slice of the blocks
+(`layers`), skip the final norm and return one query row's attention
+probabilities (`attention_of`): what pruning inside the decoder needs
+(inference/fastv.py).
 """
 
 from __future__ import annotations
@@ -108,12 +112,13 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, mask, k_cache=None, v_cache=None,
-               cache_index=None):
+               cache_index=None, query_index=None):
     """x (B,T,D), positions (B,T), mask (B,T,S) -> y (B,T,D), (k, v).
 
     Without a cache S = T and the returned k, v (B,T,K,E) are this call's keys
     and values. With a cache (B,S,K,E) they are written at `cache_index` and the
-    whole updated cache is returned.
+    whole updated cache is returned. With `query_index` (B,) int a third
+    output is the attention probabilities of that query row, (B,H,S) float32.
     """
     d = x.shape[-1]
     h, kh, e = self.num_heads, self.num_kv_heads, self.head_dim
@@ -137,12 +142,18 @@ class Attention(nn.Module):
     logits = jnp.einsum("btkge,bske->bkgts", q, k.astype(self.dtype),
                         preferred_element_type=jnp.float32)
     logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    probs32 = jax.nn.softmax(logits, axis=-1)
+    probs = probs32.astype(self.dtype)
     out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(self.dtype))
     out = out.reshape(b, t, h, e)
     y = Einsum((h, e, d), 1, self.dtype, name="attn_vec_einsum")(
         "bthe,hed->btd", out)
-    return y, (k, v)
+    if query_index is None:
+      return y, (k, v)
+    row = jnp.take_along_axis(
+        probs32, query_index.astype(jnp.int32)[:, None, None, None, None],
+        axis=3)[:, :, :, 0]                                      # (B,K,G,S)
+    return y, (k, v), row.reshape(b, h, -1)  # Head h = k * G + g, as q's.
 
 
 class FeedForward(nn.Module):
@@ -173,17 +184,20 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_index, kv):
+  def __call__(self, x, positions, mask, cache_index, kv, query_index=None):
+    """With `query_index` (B,) (per-layer use only, not under the scan) a third
+    output is that query row's attention probabilities (B, H, S)."""
     c = self.config
     k_cache, v_cache = kv if kv is not None else (None, None)
     y = RMSNorm(c.rms_norm_eps, name="pre_attention_norm")(x)
-    y, new_kv = Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base,
-                          self.dtype, name="attn")(
-                              y, positions, mask, k_cache, v_cache, cache_index)
+    y, new_kv, *row = Attention(
+        c.num_heads, c.num_kv_heads, c.head_dim, c.rope_base, self.dtype,
+        name="attn")(y, positions, mask, k_cache, v_cache, cache_index,
+                     query_index)
     x = x + y
     y = RMSNorm(c.rms_norm_eps, name="pre_ffw_norm")(x)
     x = x + FeedForward(c.mlp_dim, self.dtype, name="mlp")(y)
-    return x, new_kv
+    return (x, new_kv, *row)
 
 
 class Embedder(nn.Module):
@@ -236,24 +250,37 @@ class Gemma(nn.Module):
     return self.embedder.encode(tokens)
 
   def __call__(self, x, positions, mask, cache: KVCache | None = None,
-               cache_index=None):
+               cache_index=None, *, layers: tuple[int, int] | None = None,
+               final_norm: bool = True, attention_of=None):
     """Runs the blocks on embeddings.
 
     Args:
-      x: (B, T, D) input embeddings (text already scaled by sqrt(D)).
+      x: (B, T, D) input embeddings (text already scaled by sqrt(D)), or the
+        hidden states entering block `layers[0]`.
       positions: (B, T) int RoPE positions.
       mask: (B, T, S) bool, True where query t may attend to key s. S = T
         without a cache, S = cache size with one.
-      cache: optional KVCache, L arrays (B, S, K, E) each; this call's keys
-        and values are written at slots [cache_index, cache_index + T).
+      cache: optional KVCache, one (B, S, K, E) array per block run (all L, or
+        stop - start with `layers`); this call's keys and values are written
+        at slots [cache_index, cache_index + T).
       cache_index: int scalar, required with `cache`.
+      layers: optional (start, stop): run blocks [start, stop) only, so one
+        forward pass can be split into consecutive calls, each with its own
+        cache, mask and rows. Needs scan_layers=False unless it is (0, L).
+      final_norm: apply the final RMSNorm (False: the raw residual stream,
+        e.g. to feed a later call's `layers`).
+      attention_of: optional (layer, query_index): also return block
+        `layer`'s (absolute index, within `layers`) attention probabilities
+        of query row query_index (B,) int. Needs scan_layers=False.
 
     Returns:
-      (hidden (B, T, D) after the final norm, KVCache): the updated cache, or
-      without an input cache this call's own keys and values (B, T, K, E).
+      (hidden (B, T, D), KVCache): the updated cache, or without an input
+      cache this call's own keys and values (B, T, K, E), one per block run.
+      With `attention_of` a third output: probabilities (B, H, S) float32.
     """
     b, t, _ = x.shape
     c = self.config
+    start, stop = self._check_layers(layers)
     if positions.shape != (b, t):
       raise ValueError(f"positions must be {(b, t)}, got {positions.shape}")
     s = t if cache is None else cache.size
@@ -262,11 +289,14 @@ class Gemma(nn.Module):
     if cache is not None:
       if cache_index is None:
         raise ValueError("cache_index is required with a cache")
-      if cache.depth != c.depth:
-        raise ValueError(f"the cache has {cache.depth} layers, the model "
-                         f"{c.depth}")
+      if cache.depth != stop - start:
+        raise ValueError(f"the cache has {cache.depth} layers, the blocks "
+                         f"run {stop - start} (layers [{start}, {stop}))")
+    row_layer, query_index = self._check_attention_of(attention_of, start,
+                                                      stop, b)
     index = 0 if cache_index is None else cache_index
     x = x.astype(self.dtype)
+    row = None
     if self.scan_layers:  # The scan carries one stacked array per k and v
       # (re-stacked per call: decoding runs on per-layer weights instead,
       # scan_layers=False, where each layer's cache is written in place).
@@ -275,13 +305,59 @@ class Gemma(nn.Module):
       new = KVCache(tuple(k), tuple(v))
     else:
       ks, vs = [], []
-      for i, block in enumerate(self.blocks):
-        x, (k, v) = block(x, positions, mask, index,
-                          None if cache is None else (cache.k[i], cache.v[i]))
+      for i in range(start, stop):
+        j = i - start
+        kv = None if cache is None else (cache.k[j], cache.v[j])
+        if i == row_layer:
+          x, (k, v), row = self.blocks[i](x, positions, mask, index, kv,
+                                          query_index)
+        else:
+          x, (k, v) = self.blocks[i](x, positions, mask, index, kv)
         ks.append(k)
         vs.append(v)
       new = KVCache(tuple(ks), tuple(vs))
-    return self.final_norm(x), new
+    if final_norm:
+      x = self.final_norm(x)
+    return (x, new) if attention_of is None else (x, new, row)
+
+  def _check_layers(self, layers) -> tuple[int, int]:
+    """`layers` -> (start, stop), checked against the depth and layout."""
+    depth = self.config.depth
+    if layers is None:
+      return 0, depth
+    if (not isinstance(layers, (tuple, list)) or len(layers) != 2
+        or not all(isinstance(i, int) and not isinstance(i, bool)
+                   for i in layers)):
+      raise ValueError(f"layers must be a (start, stop) pair of ints, got "
+                       f"{layers!r}")
+    start, stop = layers
+    if not 0 <= start < stop <= depth:
+      raise ValueError(f"layers=({start}, {stop}) must satisfy 0 <= start < "
+                       f"stop <= {depth} (the depth)")
+    if self.scan_layers and (start, stop) != (0, depth):
+      raise ValueError(f"layers=({start}, {stop}) runs a slice of the blocks, "
+                       "which needs the per-layer layout (scan_layers=False, "
+                       "params through unstack_layers)")
+    return start, stop
+
+  def _check_attention_of(self, attention_of, start, stop, batch):
+    """`attention_of` -> (layer or None, query_index (B,) or None)."""
+    if attention_of is None:
+      return None, None
+    if self.scan_layers:
+      raise ValueError("attention_of needs the per-layer layout "
+                       "(scan_layers=False, params through unstack_layers)")
+    if not isinstance(attention_of, (tuple, list)) or len(attention_of) != 2:
+      raise ValueError("attention_of must be a (layer, query_index) pair, "
+                       f"got {type(attention_of).__name__}")
+    layer, query_index = attention_of
+    if not isinstance(layer, int) or not start <= layer < stop:
+      raise ValueError(f"attention_of layer must be an int in [{start}, "
+                       f"{stop}) (the blocks run), got {layer!r}")
+    if jnp.shape(query_index) != (batch,):
+      raise ValueError(f"attention_of query_index must be (B,) = "
+                       f"{(batch,)}, got shape {jnp.shape(query_index)}")
+    return layer, jnp.asarray(query_index)
 
   def logits(self, hidden):
     return self.embedder.decode(hidden)
