@@ -169,3 +169,24 @@ def check_answers(examples: Sequence[Example], answers: Mapping[Key, str],
 def percent(hits: float, total: int) -> float:
   """100 * hits / total (0 for no examples)."""
   return 100.0 * float(hits) / total if total else 0.0
+
+
+def check_prompt(prompt: str, **fields) -> str:
+  """`prompt` if it is a str.format template over `fields` (a subset of
+  them), else a ValueError naming the template and the fields."""
+  try:
+    prompt.format(**fields)
+  except (KeyError, IndexError, ValueError) as e:
+    raise ValueError(f"prompt template {prompt!r} does not format with the "
+                     f"fields {sorted(fields)}: {e!r}") from None
+  return prompt
+
+
+def images_dir(images: Optional[str], candidates: Sequence[str],
+               what: str) -> str:
+  """The images folder: `images` if given (it must be a folder), else the
+  first of `candidates` that is a folder, else the first candidate (so that
+  scoring works without images; reading an image names the missing file)."""
+  if images is not None:
+    return require_dir(images, what)
+  return next((c for c in candidates if os.path.isdir(c)), candidates[0])
