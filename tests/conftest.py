@@ -63,6 +63,27 @@ def hf_mqa(hf_factory):
   return hf_factory("mqa")
 
 
+@pytest.fixture(scope="session")
+def mqa_scorer(hf_mqa, tmp_path_factory):
+  """An exported random Scorer (1 block, 2 heads) for `hf_mqa`'s encoder."""
+  import jax.numpy as jnp
+  from autoselect_jax.checkpoints import store
+  from autoselect_jax.checkpoints.scorer import export_scorer
+  from autoselect_jax.method.modules import Scorer
+  from autoselect_jax.models import VLM
+  vlm = VLM(store.load_config(hf_mqa[3]))
+  dummy = jnp.zeros((1, vlm.num_visual_tokens, vlm.visual_width))
+  scorer = Scorer(num_layers=1, num_heads=2, mlp_ratio=2.0)
+  params = scorer.init(jax.random.key(7), dummy)["params"]
+  out = str(tmp_path_factory.mktemp("scorer") / "scorer")
+  export_scorer(out, params, {
+      "format": "autoselect_jax.scorer", "version": 1,
+      "scorer": {"num_layers": 1, "width": None, "num_heads": 2,
+                 "mlp_ratio": 2.0, "eps": 1e-6},
+      "position_policy": "original", "vlm": vlm.config.to_dict()})
+  return out
+
+
 def tiny_autoselect(variant: str = "tiny"):
   """(AutoSelect, its params, frozen VLM params, 2 random images) on a tiny
   random VLM (32 px images, N = 16): the method tests' common setup."""

@@ -23,26 +23,15 @@ from autoselect_jax.inference.prune import jit_pruned_prefix
 from autoselect_jax.method.modules import Scorer
 
 PROMPTS = ["caption en", "what is in the image and where is the red cat"]
-SCORER = Scorer(num_layers=1, num_heads=2, mlp_ratio=2.0)
 # One K and one decode length across tests, so they share compiled functions.
 K, NEW = 6, 8
 
 
 @pytest.fixture(scope="module")
-def scored(hf_mqa, tmp_path_factory):
+def scored(hf_mqa, mqa_scorer):
   """(checkpoint dir, exported random Scorer dir, HF model, HF processor)."""
   _, model, processor, ckpt = hf_mqa
-  pipe = Pipeline.from_checkpoint(ckpt)
-  vlm = pipe.vlm
-  dummy = jnp.zeros((1, vlm.num_visual_tokens, vlm.visual_width))
-  params = SCORER.init(jax.random.key(7), dummy)["params"]
-  out = str(tmp_path_factory.mktemp("scorer") / "scorer")
-  export_scorer(out, params, {
-      "format": "autoselect_jax.scorer", "version": 1,
-      "scorer": {"num_layers": 1, "width": None, "num_heads": 2,
-                 "mlp_ratio": 2.0, "eps": 1e-6},
-      "position_policy": "original", "vlm": vlm.config.to_dict()})
-  return ckpt, out, model, processor
+  return ckpt, mqa_scorer, model, processor
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +90,8 @@ def test_pruned_path_at_k_equals_n_is_the_full_model_and_hf(scored, pipe):
   pixels = np.stack([proc.image(im) for im in images])
   prefix, kept = jit_pruned_prefix(
       pipe.vlm, pipe.params, pixels, text.tokens, text.input_mask,
-      text.mask_ar, k=n, score_fn=pipe.score_fn,
-      score_params=pipe.score_params, policy="original")
+      text.mask_ar, k=n, pruner=pipe.pruner,
+      pruner_params=pipe.pruner_params, policy="original")
   np.testing.assert_array_equal(kept, np.tile(np.arange(n), (2, 1)))
   ids = np.asarray(decode.greedy_decode(pipe.vlm, pipe.params, prefix,
                                         max_new_tokens=NEW, eos_id=eos,
@@ -118,11 +107,11 @@ def test_kept_positions_follow_the_policy(pipe, policy):
   pixels = np.stack([proc.image(im) for im in _images(2)])
   prefix, kept = jit_pruned_prefix(
       vlm, pipe.params, pixels, text.tokens, text.input_mask, text.mask_ar,
-      k=k, score_fn=pipe.score_fn, score_params=pipe.score_params,
+      k=k, pruner=pipe.pruner, pruner_params=pipe.pruner_params,
       policy=policy)
   kept = np.asarray(kept)
-  scores = np.asarray(pipe.score_fn(pipe.score_params,
-                                    vlm.encode_image(pipe.params, pixels)))
+  scores = np.asarray(pipe.pruner.select.score_fn(
+      pipe.pruner_params, vlm.encode_image(pipe.params, pixels)))
   for b in range(2):
     np.testing.assert_array_equal(kept[b],
                                   np.sort(np.argsort(-scores[b])[:k]))
@@ -169,7 +158,7 @@ def test_pruned_cache_decode_equals_recompute(pipe):
   pixels = np.stack([proc.image(im) for im in _images(2, seed=6)])
   prefix, _ = jit_pruned_prefix(
       vlm, params, pixels, text.tokens, text.input_mask, text.mask_ar, k=k,
-      score_fn=pipe.score_fn, score_params=pipe.score_params)
+      pruner=pipe.pruner, pruner_params=pipe.pruner_params)
   new = np.array([[5, 9, 11], [6, 8, 10]], np.int32)
   assert_cached_decode_matches_recompute(vlm, params, prefix, new)
 
@@ -218,8 +207,8 @@ def test_bad_image_prompt_and_cache_fail_before_compiling(scored, pipe):
   before = _COUNTER.count
   with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\)"):
     pipe.generate([np.zeros((32, 32, 4), np.uint8)], ["caption en"], k=4)
-  small = Pipeline(pipe.vlm, pipe.params, pipe.processor, pipe.score_fn,
-                   pipe.score_params, max_positions=40)
+  small = Pipeline(pipe.vlm, pipe.params, pipe.processor, pipe.pruner,
+                   pipe.pruner_params, max_positions=40)
   with pytest.raises(ValueError, match="max_positions=40"):
     small.generate(_images(1), ["word " * 30], k=4, max_new_tokens=4)
   full_only = Pipeline.from_checkpoint(scored[0])

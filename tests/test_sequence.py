@@ -22,7 +22,8 @@ from conftest import tiny_autoselect
 from autoselect_jax import inference_logits
 from autoselect_jax.demo import evaluate as demo_eval
 from autoselect_jax.inference import decode
-from autoselect_jax.inference.prune import LearnedScores, jit_pruned_prefix
+from autoselect_jax.inference.prune import jit_pruned_prefix
+from autoselect_jax.inference.pruners import LearnedScores, scores_pruner
 from autoselect_jax.models import Sequence, next_token_nll
 
 K = 5
@@ -68,8 +69,9 @@ def _deployed(method, params, frozen, images, text, policy):
     prompt[i, :len(p)], pmask[i, :len(p)] = p, True
   seq, kept = jit_pruned_prefix(
       vlm, frozen, images, jnp.asarray(prompt), jnp.asarray(pmask),
-      jnp.zeros((b, lp), jnp.int32), k=K, score_fn=LearnedScores(
-          method.scorer), score_params=params["scorer"], policy=policy)
+      jnp.zeros((b, lp), jnp.int32), k=K, pruner=scores_pruner(
+          "autoselect", LearnedScores(method.scorer)),
+      pruner_params=params["scorer"], policy=policy)
   steps = max(len(s) for s in SUFFIXES)
   logits, cache, cache_mask, pos = jax.jit(
       decode.prefill, static_argnums=(0, 3))(vlm, frozen, seq,

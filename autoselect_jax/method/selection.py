@@ -72,7 +72,8 @@ def kept_positions(idx, n_visual: int, policy: str = "original"):
 
 
 def selected_sequence(vlm, params, features, idx, tokens, input_mask,
-                      mask_ar, policy: str = "original") -> Sequence:
+                      mask_ar, policy: str = "original", *,
+                      kept_features=None) -> Sequence:
   """The pruned model's LLM input: [K kept visual ; T text].
 
   The one assembly of a selection that validation (`forward.
@@ -88,8 +89,16 @@ def selected_sequence(vlm, params, features, idx, tokens, input_mask,
     idx: (B, K) int kept indices, ascending.
     tokens, input_mask, mask_ar: (B, T) text.
     policy: "original" or "packed" (`kept_positions`).
+    kept_features: (B, K, Dv) what the LLM receives for the kept tokens, for
+      a pruner that merges tokens (VisionZip); default features[idx].
   """
   index, span = kept_positions(idx, features.shape[1], policy)
-  visual = vlm.project(params, gather_tokens(features, idx))    # (B, K, D)
+  if kept_features is None:
+    kept_features = gather_tokens(features, idx)
+  elif kept_features.shape != idx.shape + features.shape[2:]:
+    raise ValueError(f"kept_features must be (B, K, Dv) = "
+                     f"{idx.shape + features.shape[2:]}, got "
+                     f"{kept_features.shape}")
+  visual = vlm.project(params, kept_features)                   # (B, K, D)
   return vlm.sequence(params, visual, index, span, tokens, input_mask,
                       mask_ar)
