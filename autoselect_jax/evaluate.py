@@ -58,9 +58,14 @@ def _parser():
   r.add_argument("--policy", default=None, choices=("original", "packed"))
   r.add_argument("--seed", type=int, default=0,
                  help="seeds the random baseline")
+  r.add_argument("--fastv-layer", type=int, default=2,
+                 help="FastV prunes after this decoder layer")
   r.add_argument("--max-new-tokens", type=int, default=None)
   r.add_argument("--save-vis", default=None, metavar="DIR",
-                 help="also draw the kept tokens of the first examples")
+                 help="also draw the kept tokens and scores of the first "
+                 "examples, one PNG each")
+  r.add_argument("--vis-count", type=int, default=16,
+                 help="how many examples --save-vis draws")
   r.add_argument("--out", required=True, help="the run folder")
 
   s = sub.add_parser("score", help="re-score saved predictions")
@@ -106,13 +111,16 @@ def _run(args) -> int:
                  method=method, k=args.k, scorer=args.scorer, data=args.data,
                  images=args.images, limit=args.limit, prompt=args.prompt,
                  policy=args.policy, dtype=args.dtype, seed=args.seed,
+                 fastv_layer=args.fastv_layer,
                  max_new_tokens=args.max_new_tokens,
                  batch_size=args.batch_size)
-  on_batch = None
+  on_batch, generate = None, None
   if args.save_vis:
-    from autoselect_jax.evaluation.runner import vis_callback
-    on_batch = vis_callback(args.save_vis, spec)
-  metrics = run(spec, args.out, on_batch=on_batch)
+    from autoselect_jax.evaluation.runner import (pipeline_generate,
+                                                  vis_callback)
+    on_batch = vis_callback(args.save_vis, spec, args.vis_count)
+    generate = pipeline_generate(spec, scores_for=args.vis_count)
+  metrics = run(spec, args.out, generate=generate, on_batch=on_batch)
   print(json.dumps(metrics, indent=2, sort_keys=True))
   return 0
 

@@ -1,12 +1,14 @@
 """Answers prompts about images with a converted checkpoint, pruned or not.
 
   python -m autoselect_jax.generate --checkpoint DIR [--scorer DIR --k K] \\
-      --image FILE [--image FILE ...] --prompt "caption en" \\
+      [--method NAME] --image FILE [--image FILE ...] --prompt "caption en" \\
       --max-new-tokens 20 [--temperature T --top-p P --seed S] [--json]
 
 With --scorer (a folder written by autoselect_jax.train, WORKDIR/scorer) and
 --k K < N, the Scorer picks K of the N visual tokens and the LLM prefills only
-those; without --scorer, or with K = N, it is the full model. Greedy unless
+those; without --scorer, or with K = N, it is the full model. --method picks
+a training-free baseline instead (random, grid, norm, attention, divprune,
+visionzip, fastv; `inference/pruners.py`). Greedy unless
 --temperature > 0. Several --image / --prompt pairs run as one batch; one
 prompt is shared by all images and one image by all prompts. With --json each
 answer is one JSON object per line: {"image", "prompt", "ids", "text",
@@ -30,6 +32,12 @@ def main(argv=None) -> int:
                       help="exported Scorer folder (WORKDIR/scorer)")
   parser.add_argument("--k", type=int, default=None,
                       help="visual tokens to keep (default: all N)")
+  parser.add_argument("--method", default=None,
+                      help="autoselect (default with --scorer), full (default "
+                      "without), random, grid, norm, attention, divprune, "
+                      "visionzip, fastv")
+  parser.add_argument("--fastv-layer", type=int, default=2,
+                      help="FastV prunes after this decoder layer")
   parser.add_argument("--policy", default=None, choices=("original", "packed"),
                       help="position ids of kept tokens (default: the "
                       "Scorer's training policy)")
@@ -39,7 +47,8 @@ def main(argv=None) -> int:
   parser.add_argument("--temperature", type=float, default=0.0,
                       help="0 = greedy (default)")
   parser.add_argument("--top-p", type=float, default=1.0)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seeds sampling and the random baseline")
   parser.add_argument("--dtype", default="float32",
                       choices=("float32", "bfloat16"))
   parser.add_argument("--json", action="store_true",
@@ -66,7 +75,9 @@ def main(argv=None) -> int:
   from autoselect_jax.inference.pipeline import Pipeline  # Heavy imports.
   try:
     pipe = Pipeline.from_checkpoint(args.checkpoint, args.dtype,
-                                    scorer_dir=args.scorer, policy=args.policy)
+                                    scorer_dir=args.scorer, policy=args.policy,
+                                    method=args.method, seed=args.seed,
+                                    fastv_layer=args.fastv_layer)
     results = pipe.generate(images, prompts, k=args.k,
                             max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_p=args.top_p,

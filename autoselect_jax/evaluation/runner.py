@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import math
 import os
 import platform
 from typing import Callable, Optional, Sequence
@@ -51,7 +52,8 @@ class RunSpec:
   prompt: Optional[str] = None     # None: the benchmark's own template.
   policy: Optional[str] = None     # None: the Scorer's training policy.
   dtype: str = "float32"
-  seed: int = 0
+  seed: int = 0                    # The random baseline's seed.
+  fastv_layer: int = 2
   max_new_tokens: Optional[int] = None  # None: the benchmark's default.
   batch_size: int = 8
 
@@ -63,6 +65,18 @@ class RunSpec:
     if self.k is not None and (isinstance(self.k, bool) or not isinstance(
         self.k, int) or self.k < 1):
       raise ValueError(f"k must be a positive int, got {self.k!r}")
+    from autoselect_jax.inference.pruners import METHODS
+    if self.method not in METHODS:
+      raise ValueError(f"unknown method {self.method!r}; choose from "
+                       f"{', '.join(METHODS)}")
+    if self.method == "full" and self.k is not None:
+      raise ValueError(f"method 'full' keeps all N visual tokens; drop "
+                       f"k={self.k} (or pick a pruning method)")
+    if self.method != "full" and self.k is None:
+      raise ValueError(f"method {self.method!r} needs k (visual tokens kept)")
+    if (self.method == "autoselect") != (self.scorer is not None):
+      raise ValueError("method 'autoselect' needs a Scorer (--scorer DIR) "
+                       "and only it uses one")
     if self.max_new_tokens is not None and self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be positive, got "
                        f"{self.max_new_tokens}")
@@ -175,14 +189,15 @@ GenerateFn = Callable[[list, list, int], list]
 def run(spec: RunSpec, out_dir: str, *, generate: Optional[
     Callable[[], tuple[GenerateFn, int]]] = None,
         benchmark: Optional[Benchmark] = None, progress_stream=None,
-        on_batch: Optional[Callable[[list, list], None]] = None) -> dict:
+        on_batch: Optional[Callable[[list, list, list], None]] = None
+        ) -> dict:
   """Runs (or resumes) `spec` into `out_dir`; returns the metrics.
 
   generate: a factory returning (fn(images, prompts, max_new_tokens) ->
     [{"text", "kept"}], image size); default: a `Pipeline` from the spec.
     Built only if something is left to run.
-  on_batch(examples, results): called after each batch is written (the
-    pictures of `--save-vis` use it).
+  on_batch(examples, results, images): called after each batch is written,
+    with the batch's uint8 images (the pictures of `--save-vis` use it).
   """
   bench = benchmark or get_benchmark(
       spec.benchmark, **({"prompt": spec.prompt} if spec.prompt else {}))
@@ -226,7 +241,7 @@ def run(spec: RunSpec, out_dir: str, *, generate: Optional[
         out.flush()
         os.fsync(out.fileno())
         if on_batch is not None:
-          on_batch(batch, results)
+          on_batch(batch, results, images[:len(batch)])
         bar.update(len(batch))
     bar.close()
   answers = {key: str(row["answer"]) for key, row in done.items()}
@@ -245,19 +260,61 @@ def finish_metrics(bench: Benchmark, examples, answers, spec: RunSpec) -> dict:
           "metrics": metrics}
 
 
-def pipeline_generate(spec: RunSpec) -> Callable[[], tuple[GenerateFn, int]]:
-  """The default generator: a Pipeline from the spec's checkpoint."""
+def pipeline_generate(spec: RunSpec, scores_for: int = 0
+                      ) -> Callable[[], tuple[GenerateFn, int]]:
+  """The default generator: a Pipeline from the spec's checkpoint.
+
+  scores_for: the first this many examples' results also get "scores" (the
+  method's per-token scores, or None) and "grid" (tokens per side), for
+  `vis_callback`.
+  """
   def make():
     from autoselect_jax.inference.pipeline import Pipeline
     pipe = Pipeline.from_checkpoint(spec.checkpoint, spec.dtype,
                                     scorer_dir=spec.scorer,
-                                    policy=spec.policy, method=spec.method)
+                                    policy=spec.policy, method=spec.method,
+                                    seed=spec.seed,
+                                    fastv_layer=spec.fastv_layer)
+    grid = math.isqrt(pipe.vlm.num_visual_tokens)
+    seen = [0]
 
     def fn(images, prompts, max_new_tokens):
-      return pipe.generate(images, prompts, k=spec.k,
-                           max_new_tokens=max_new_tokens, seed=spec.seed)
+      out = pipe.generate(images, prompts, k=spec.k,
+                          max_new_tokens=max_new_tokens, seed=spec.seed)
+      if seen[0] < scores_for:
+        chosen = ([None] * len(images) if spec.method == "fastv" else
+                  pipe.select(images, spec.k))
+        for r, sel in zip(out, chosen):
+          r["scores"] = None if sel is None else sel["scores"]
+          r["grid"] = grid
+      seen[0] += len(images)
+      return out
     return fn, pipe.processor.image_size
   return make
+
+
+def vis_callback(out_dir: str, spec: RunSpec, count: int = 16):
+  """`on_batch` drawing the first `count` examples: the image with the kept
+  patches highlighted and the method's score heat map, one PNG per example
+  at out_dir/<key>.png (`evaluation.pictures`)."""
+  from autoselect_jax.evaluation import pictures
+  drawn = [0]
+
+  def on_batch(examples, results, images):
+    for e, r, im in zip(examples, results, images):
+      if drawn[0] >= count or "grid" not in r:
+        return
+      k = "all" if spec.k is None else spec.k
+      panel = pictures.Panel(f"{spec.method} K={k}", np.asarray(r["kept"]),
+                             None if r.get("scores") is None
+                             else np.asarray(r["scores"], np.float32))
+      name = "".join(c if c.isalnum() or c in "-_." else "_"
+                     for c in str(e.key))
+      pictures.draw_selections(im, r["grid"], [panel],
+                               os.path.join(out_dir, f"{name}.png"),
+                               title=f"{e.prompt} -> {r['text']}")
+      drawn[0] += 1
+  return on_batch
 
 
 def score_file(benchmark: str, predictions: str, *, data=None, images=None,
