@@ -81,11 +81,15 @@ def test_process_digit_article_rules():
 # ------------------------------------------------------------ VQAv2 rules
 
 def test_vqa_accuracy_number_words_articles_contractions():
-  # Disagreeing answers: both sides processed.
+  # The prediction is always processed: "two" -> "2", m = 3 -> 0.9.
   assert vqa_accuracy("two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)
   assert vqa_accuracy("the dog", ["dog"] * 5 + ["cat"] * 5) == 1.0
-  # Human answers processed too: 4 x "the dog" + 6 x "dog" are all "dog".
+  # Human answers get punctuation only, so "the dog" stays "the dog": "dog"
+  # matches the 6 x "dog" (>= 5 in every subset -> 1.0), and a predicted
+  # "the dog" (processed to "dog") matches none of 4 x "the dog".
   assert vqa_accuracy("dog", ["the dog"] * 4 + ["dog"] * 6) == 1.0
+  assert vqa_accuracy("the dog", ["the dog"] * 4 + ["cat"] * 6) == 0.0
+  # Contraction restored on the prediction: m = 3 -> 0.9.
   assert vqa_accuracy("dont", ["don't"] * 3 + ["no"] * 7) == pytest.approx(
       0.9)
   # "1,000" -> "1000" on both sides: m = 2 -> 0.6 (with spaces it would be
@@ -95,20 +99,24 @@ def test_vqa_accuracy_number_words_articles_contractions():
   # Trailing period goes, the decimal point stays: m = 2 -> 0.6.
   assert vqa_accuracy("3.5.", ["3.5"] * 2 + ["4"] * 8) == pytest.approx(0.6)
   assert vqa_accuracy("yes.", ["yes"] * 9 + ["no"]) == 1.0
-  # Human "Two" x2 and "2" become "2": m = 3 -> 0.9.
+  # Human "Two" is not turned into "2" (punctuation only): m = 1 -> 0.3.
   assert vqa_accuracy("2", ["Two"] * 2 + ["2"] + ["3"] * 7) == \
-      pytest.approx(0.9)
+      pytest.approx(0.3)
 
 
-def test_vqa_accuracy_all_agree_shortcut():
-  # All ten stripped answers equal: nothing is processed on either side.
+def test_vqa_accuracy_when_the_answers_agree():
+  # All ten stripped answers equal: the answers are compared as they are,
+  # the prediction still processed.
   assert vqa_accuracy("2", ["2"] * 10) == 1.0
   assert vqa_accuracy(" 2\n", ["2"] * 9 + ["2\t"]) == 1.0  # cleaning always
-  assert vqa_accuracy("two", ["2"] * 10) == 0.0
-  assert vqa_accuracy("yes.", ["yes"] * 10) == 0.0
-  assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0
-  # Fewer than 10, disagreeing: n=3, m=2 after "Red" -> "red": 4/9.
-  assert vqa_accuracy("red", ["Red", "red", "blue"]) == pytest.approx(4 / 9)
+  assert vqa_accuracy("two", ["2"] * 10) == 1.0
+  assert vqa_accuracy("yes.", ["yes"] * 10) == 1.0
+  assert vqa_accuracy("Yes", ["yes"] * 10) == 1.0
+  assert vqa_accuracy("two", ["Two"] * 10) == 0.0  # "2" vs unprocessed "Two"
+  # Fewer than 10, disagreeing: "Red" keeps its capital (punctuation only),
+  # n = 3: leaving out "Red" -> m = 1 (1/3), "red" -> m = 0, "blue" -> m = 1
+  # (1/3): 2/9.
+  assert vqa_accuracy("red", ["Red", "red", "blue"]) == pytest.approx(2 / 9)
 
 
 # ------------------------------------------------- TextVQA, VizWiz rules

@@ -7,12 +7,14 @@ answer out, the mean of min(1, #matches in the subset / 3). Matching is exact
 string equality after normalisation; where the three differ is what gets
 normalised:
 
-  VQAv2    (`vqa_accuracy`) the VQA team's vqaEval.py (GT-Vision-Lab/VQA,
-           2021 version): newlines/tabs -> spaces and strip on every string;
-           then, only when the stripped human answers are not all the same,
-           punctuation and digit/article processing on the human answers AND
-           the prediction. When they all agree, both are compared as
-           stripped: "yes." against ten "yes" scores 0 there.
+  VQAv2    (`vqa_accuracy`) the VQA team's vqaEval.py as the challenge
+           published it: newlines/tabs -> spaces and strip on every string;
+           the prediction always gets punctuation and digit/article
+           processing; the human answers get punctuation processing only
+           when they are not all the same ("Two" stays "Two" there, so it
+           does not match "2"). A 2021 revision of the script processes the
+           prediction only in that case too; lmms-eval and LLaVA-style
+           pipelines normalise predictions always, as here.
   TextVQA  (`textvqa_accuracy`) the TextVQA authors' evaluator (M4C's
            TextVQAAccuracyEvaluator in pythia/mmf): the EvalAI answer
            processor (`evalai_normalize`) on the prediction and on every
@@ -162,14 +164,20 @@ def leave_one_out(prediction: str, answers: Sequence[str]) -> float:
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
   """VQAv2's vqaEval.py score of one prediction, in [0, 1].
 
-  The script leaves out one answer *object* at a time; VQAv2's answer
-  objects differ by their answer_id, so that is one answer per subset, as
-  here."""
+  The rule of the script as the VQA challenge published it (and as
+  lmms-eval and LLaVA-style pipelines score predictions): the prediction
+  always gets punctuation, then number-word / article / contraction
+  processing; the human answers get punctuation processing only when they
+  are not all the same. (A 2021 revision of the script processes the
+  prediction only in that case too, so "yes." scored 0 against ten "yes";
+  a generative model's answers are scored here as the challenge scored
+  submissions.) The script leaves out one answer *object* at a time;
+  VQAv2's answer objects differ by their answer_id, so that is one answer
+  per subset, as here."""
   answers = [clean(a) for a in answers]
-  prediction = clean(prediction)
+  prediction = normalize(clean(prediction))
   if len(set(answers)) > 1:
-    answers = [normalize(a) for a in answers]
-    prediction = normalize(prediction)
+    answers = [process_punctuation(a) for a in answers]
   return leave_one_out(prediction, answers)
 
 
