@@ -120,6 +120,37 @@ def read_json(path: str, what: str):
                      ) from None
 
 
+def json_lines(path: str, what: str = ""):
+  """(line number, parsed object) of each non-empty line of a JSON-lines
+  file; a line that is not JSON is a ValueError naming the file and line
+  (and `what` the file should hold)."""
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        yield n, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not a JSON line ({e})"
+                         + (f"; {what}" if what else "")) from None
+
+
+def read_keyed_lines(path: str, key_field: str, value_field: str) -> dict:
+  """{row[key_field]: str(row[value_field])} of a JSON-lines file; errors
+  name the file and line (a line lacking a field, a repeated key)."""
+  out = {}
+  for n, row in json_lines(path):
+    if not isinstance(row, dict) or key_field not in row \
+        or value_field not in row:
+      raise ValueError(f"{path}:{n}: expected an object with "
+                       f"'{key_field}' and '{value_field}'")
+    key = row[key_field]
+    if key in out:
+      raise ValueError(f"{path}:{n}: {key_field}={key!r} appears twice")
+    out[key] = str(row[value_field])
+  return out
+
+
 def read_jsonl_predictions(path: str, key_field: str) -> dict:
   """{key: answer} from JSONL lines holding `key_field` and "answer".
 
@@ -128,24 +159,7 @@ def read_jsonl_predictions(path: str, key_field: str) -> dict:
   """
   require_file(path, f"a predictions JSONL file with '{key_field}' and "
                "'answer' per line")
-  out = {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-      if not isinstance(row, dict) or key_field not in row \
-          or "answer" not in row:
-        raise ValueError(f"{path}:{n}: expected an object with "
-                         f"'{key_field}' and 'answer'")
-      key = row[key_field]
-      if key in out:
-        raise ValueError(f"{path}:{n}: {key_field}={key!r} appears twice")
-      out[key] = str(row["answer"])
-  return out
+  return read_keyed_lines(path, key_field, "answer")
 
 
 def check_answers(examples: Sequence[Example], answers: Mapping[Key, str],
@@ -190,3 +204,13 @@ def images_dir(images: Optional[str], candidates: Sequence[str],
   if images is not None:
     return require_dir(images, what)
   return next((c for c in candidates if os.path.isdir(c)), candidates[0])
+
+
+def images_beside(images: Optional[str], near: str, name: str,
+                  what: str) -> str:
+  """`images_dir` with the usual release layouts as defaults: the folder
+  `name` inside the folder `near` (a data file's folder), else one level up
+  (images unpacked beside the annotations' folder)."""
+  here = os.path.abspath(near)
+  return images_dir(images, [os.path.join(here, name), os.path.join(
+      os.path.dirname(here), name)], what)

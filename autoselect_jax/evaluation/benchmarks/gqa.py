@@ -36,7 +36,7 @@ from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_dir,
+                                                 check_prompt, images_beside,
                                                  percent, read_json,
                                                  read_jsonl_predictions,
                                                  require_file)
@@ -115,10 +115,8 @@ class GQA(Benchmark):
            limit: Optional[int] = None) -> list[Example]:
     check_limit(limit)
     path = questions_path(data)
-    here = os.path.dirname(os.path.abspath(path))
-    folder = images_dir(images, [os.path.join(here, "images"), os.path.join(
-        os.path.dirname(here), "images")], "the GQA images folder "
-                        "({imageId}.jpg)")
+    folder = images_beside(images, os.path.dirname(path), "images",
+                           "the GQA images folder ({imageId}.jpg)")
     questions = parse_questions(read_json(path, "GQA questions"), path)
     examples = []
     for qid, q in questions[:limit]:

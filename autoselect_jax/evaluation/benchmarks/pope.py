@@ -31,15 +31,15 @@ for POPE (85.9) and the token-pruning papers compare against.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_dir,
-                                                 percent, require_file)
+                                                 check_prompt, images_beside,
+                                                 json_lines, percent,
+                                                 require_file)
 
 PROMPT = "answer en {question}"
 SPLITS = ("random", "popular", "adversarial")
@@ -74,23 +74,16 @@ def split_files(data: Optional[str]) -> list[tuple[str, str]]:
 def read_split(path: str) -> list[dict]:
   """The question objects of one split file, fields checked."""
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not a JSON line ({e}); POPE files "
-                         "hold one question object per line") from None
-      missing = [k for k in REQUIRED
-                 if not isinstance(row, dict) or k not in row]
-      if missing:
-        raise ValueError(f"{path}:{n}: missing field(s) {missing}")
-      if row["label"] not in ("yes", "no"):
-        raise ValueError(f"{path}:{n}: label {row['label']!r} is not "
-                         "'yes' or 'no'")
-      rows.append(row)
+  for n, row in json_lines(path, "POPE files hold one question object per "
+                           "line"):
+    missing = [k for k in REQUIRED
+               if not isinstance(row, dict) or k not in row]
+    if missing:
+      raise ValueError(f"{path}:{n}: missing field(s) {missing}")
+    if row["label"] not in ("yes", "no"):
+      raise ValueError(f"{path}:{n}: label {row['label']!r} is not "
+                       "'yes' or 'no'")
+    rows.append(row)
   if not rows:
     raise ValueError(f"{path}: no questions")
   return rows
@@ -127,9 +120,8 @@ class POPE(Benchmark):
            limit: Optional[int] = None) -> list[Example]:
     check_limit(limit)
     files = split_files(data)
-    here = os.path.dirname(os.path.abspath(files[0][1]))
-    folder = images_dir(images, [os.path.join(here, "val2014"), os.path.join(
-        os.path.dirname(here), "val2014")], "the COCO val2014 images folder")
+    folder = images_beside(images, os.path.dirname(files[0][1]), "val2014",
+                           "the COCO val2014 images folder")
     examples, seen = [], set()
     for split, path in files:
       for row in read_split(path):

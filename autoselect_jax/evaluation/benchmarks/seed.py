@@ -37,6 +37,7 @@ from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_limit, images_dir,
                                                  percent, read_json,
                                                  read_jsonl_predictions,
+                                                 read_keyed_lines,
                                                  require_file)
 from autoselect_jax.evaluation.benchmarks import choice
 
@@ -92,23 +93,7 @@ def parse(raw, path: str) -> tuple[list[dict], dict]:
 
 def read_official_predictions(path: str) -> dict:
   """{q_id: prediction} from eval.py's results.json lines."""
-  out = {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-      if not isinstance(row, dict) or "q_id" not in row \
-          or "prediction" not in row:
-        raise ValueError(f"{path}:{n}: expected an object with 'q_id' and "
-                         "'prediction'")
-      if row["q_id"] in out:
-        raise ValueError(f"{path}:{n}: q_id={row['q_id']!r} appears twice")
-      out[row["q_id"]] = str(row["prediction"])
-  return out
+  return read_keyed_lines(path, "q_id", "prediction")
 
 
 class SEEDBench(Benchmark):

@@ -33,7 +33,7 @@ from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_dir,
+                                                 check_prompt, images_beside,
                                                  percent, read_json,
                                                  require_file)
 from autoselect_jax.evaluation.benchmarks import vqa_eval
@@ -88,11 +88,9 @@ class TextVQA(Benchmark):
            limit: Optional[int] = None) -> list[Example]:
     check_limit(limit)
     path = val_path(data)
-    here = os.path.dirname(os.path.abspath(path))
-    folder = images_dir(images, [os.path.join(here, IMAGES_DIR),
-                                 os.path.join(os.path.dirname(here),
-                                              IMAGES_DIR)],
-                        f"the TextVQA {IMAGES_DIR} folder ({{image_id}}.jpg)")
+    folder = images_beside(
+        images, os.path.dirname(path), IMAGES_DIR,
+        f"the TextVQA {IMAGES_DIR} folder ({{image_id}}.jpg)")
     questions = parse_val(read_json(path, "TextVQA val questions"), path)
     return [Example(key=q["question_id"],
                     image=os.path.join(folder, f"{q['image_id']}.jpg"),

@@ -40,7 +40,7 @@ from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_dir,
+                                                 check_prompt, images_beside,
                                                  percent, read_json)
 from autoselect_jax.evaluation.benchmarks import vqa_eval
 
@@ -118,11 +118,8 @@ class VizWiz(Benchmark):
            limit: Optional[int] = None) -> list[Example]:
     check_limit(limit)
     path = val_path(data)
-    here = os.path.dirname(os.path.abspath(path))
-    folder = images_dir(images, [os.path.join(here, IMAGES_DIR),
-                                 os.path.join(os.path.dirname(here),
-                                              IMAGES_DIR)],
-                        f"the VizWiz {IMAGES_DIR} images folder")
+    folder = images_beside(images, os.path.dirname(path), IMAGES_DIR,
+                           f"the VizWiz {IMAGES_DIR} images folder")
     questions = parse_val(read_json(path, "VizWiz val annotations"), path)
     return [Example(key=q["image"], image=os.path.join(folder, q["image"]),
                     prompt=self.prompt.format(question=q["question"]),

@@ -37,7 +37,7 @@ from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_dir,
+                                                 check_prompt, images_beside,
                                                  percent, read_json,
                                                  require_dir)
 from autoselect_jax.evaluation.benchmarks import vqa_eval
@@ -117,11 +117,8 @@ class VQAv2(Benchmark):
                                 q_path)[:limit]
     annotations = parse_annotations(
         read_json(a_path, "VQAv2 val annotations"), a_path)
-    here = os.path.abspath(data)
-    folder = images_dir(images, [os.path.join(here, IMAGES_DIR),
-                                 os.path.join(os.path.dirname(here),
-                                              IMAGES_DIR)],
-                        f"the COCO {IMAGES_DIR} images folder")
+    folder = images_beside(images, data, IMAGES_DIR,
+                           f"the COCO {IMAGES_DIR} images folder")
     examples = []
     for q in questions:
       qid = q["question_id"]
