@@ -3,7 +3,8 @@
   python -m autoselect_jax.bench [--checkpoint DIR | --variant NAME] \\
       [--llm-layers L] [--vision-layers L] --k 64,128,192 --batch 1,8 \\
       [--dtype float32|bfloat16] [--repeats R] [--n-text T] \\
-      [--decode-tokens M] --out FILE.json
+      [--decode-tokens M] [--method autoselect,random,...,fastv] \\
+      [--fastv-layer R] --out FILE.json
 
 Without --checkpoint the weights are random (timing does not need trained
 ones), initialised under jit directly on the device and cast there to the
@@ -43,6 +44,14 @@ the last token's logits, returning the keys and values; it only skips the
 cache padding. Its full / pruned speedup at the smallest K is what the
 project's prefill speedup is compared with (`vs_reference`).
 
+--method NAME,... adds each method's own cost (`benchmarks/methods.py`): per
+(batch, method, K) the encode stage it deploys (with last_attention=True for
+attention and visionzip), its pruner call (selection + gather / merge), the
+K-token prefill above, their total and its speedup over the full model's
+encode + prefill (the JSON's `methods` block). FastV prunes inside the LLM:
+its prefill is `fastv_prefill` and it has no pruner stage. Without --method
+the JSON is the AutoSelect-only one above, field for field.
+
 The JSON (--out) is rewritten after every batch ("complete": false until
 the end), so a run cut short still leaves its measurements.
 """
@@ -55,6 +64,7 @@ import os
 import shlex
 import sys
 
+from autoselect_jax.benchmarks import methods as method_stages
 from autoselect_jax.benchmarks import reference, stages
 from autoselect_jax.benchmarks.records import batch_records
 from autoselect_jax.benchmarks.results import (format_table, header, targets,
@@ -64,6 +74,11 @@ from autoselect_jax.benchmarks.weights import (init_params, load_params,
                                               scorer_params)
 
 DTYPES = ("float32", "bfloat16")
+# --method choices: `inference.pruners.PRE_LLM_METHODS` + fastv, spelled out
+# so that argument errors come before importing JAX; "full" is always
+# measured, as every speedup's baseline.
+BENCH_METHODS = ("autoselect", "random", "grid", "norm", "attention",
+                 "divprune", "visionzip", "fastv")
 DEFAULT_VARIANT = "paligemma-3b-224"
 
 
@@ -76,6 +91,22 @@ def _int_list(text: str) -> list[int]:
   if not values:
     raise argparse.ArgumentTypeError("expected at least one integer")
   return values
+
+
+def _method_list(text: str) -> list[str]:
+  names = [v.strip() for v in text.split(",") if v.strip()]
+  if not names:
+    raise argparse.ArgumentTypeError("expected at least one method name")
+  for name in names:
+    if name not in BENCH_METHODS:
+      why = (" (the full model is always measured)" if name == "full"
+             else "")
+      raise argparse.ArgumentTypeError(
+          f"unknown method {name!r}{why}; choose from "
+          f"{', '.join(BENCH_METHODS)}")
+  if len(set(names)) != len(names):
+    raise argparse.ArgumentTypeError(f"duplicate method names in {text!r}")
+  return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--decode-tokens", type=int, default=2,
                  help="decode steps M timed per call (default 2, for a small "
                  "CPU; use 16 or more on a GPU)")
+  p.add_argument("--method", type=_method_list, default=None,
+                 help="comma-separated methods to time, each with its own "
+                 f"encode / pruner / prefill: {', '.join(BENCH_METHODS)} "
+                 "(default: autoselect in the core records only, no "
+                 "`methods` block)")
+  p.add_argument("--fastv-layer", type=int, default=2,
+                 help="FastV's decoder layer r, 1 <= r < LLM depth (default "
+                 "2, FastV's; use 1 with --llm-layers 2)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--init", default="hash", choices=("hash", "flax"),
                  help="random weights: a fast index hash (default) or the "
@@ -141,7 +180,7 @@ def _config(args, parser):
   return config
 
 
-def _check_args(args, parser, n: int) -> None:
+def _check_args(args, parser, n: int, llm_depth: int) -> None:
   for k in args.k:
     if not 1 <= k <= n:
       parser.error(f"--k {k} is outside [1, N = {n}] (N visual tokens)")
@@ -154,6 +193,13 @@ def _check_args(args, parser, n: int) -> None:
                       ("--decode-tokens", args.decode_tokens)):
     if value < 1:
       parser.error(f"{flag} must be >= 1, got {value}")
+  if args.method and "fastv" in args.method:
+    if not 1 <= args.fastv_layer < llm_depth:
+      parser.error(f"--fastv-layer {args.fastv_layer} is outside [1, "
+                   f"{llm_depth}) (the LLM has {llm_depth} layers)")
+    if args.scan_layers:
+      parser.error("--method fastv needs the per-layer layout; drop "
+                   "--scan-layers")
 
 
 # ----------------------------------------------------------------------------
@@ -185,9 +231,10 @@ def _setup(config, params, dtype, *, decode_tokens: int, seed: int, init: str,
 
 
 def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
-                   n_text: int, repeats: int, seed: int, log):
-  """Warm-up, then `repeats` interleaved rounds of every stage and of the
-  reference: ({key: [seconds]}, the reference's logits error)."""
+                   n_text: int, repeats: int, seed: int, log, methods=None):
+  """Warm-up, then `repeats` interleaved rounds of every stage, of the
+  reference and of the `methods` (MethodStages, {name: (pruner, params)}) or
+  None: ({key: [seconds]}, the reference's logits error)."""
   n = config.num_image_tokens
   blog = lambda msg: log(f"batch {b}: {msg}")
   images, tokens = stages.batch_inputs(config, b, n_text, seed)
@@ -198,14 +245,23 @@ def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
       state[(n, False)].prefill_out[0])
   calls = (stages.timed_calls(setup, images, features, state, runs)
            + reference.timed_calls(ref_fn, ref_w, ref_in))
+  if methods is not None:
+    mst, pruners = methods
+    calls += method_stages.timed_calls(
+        mst, setup, pruners, images, features, state[(n, False)].prefix,
+        sorted(k for k, pruned in runs if pruned),
+        cache_size=n + n_text + setup.decode_tokens, log=blog)
   return time_rounds(calls, repeats, blog), err
 
 
 def run_benchmark(config, params, *, dtype_name: str, ks, batches,
                   repeats: int, n_text: int, decode_tokens: int, seed: int,
                   init: str = "hash", scan_layers: bool = False, log=print,
-                  on_batch=None) -> dict:
+                  on_batch=None, methods=None, fastv_layer: int = 2) -> dict:
   """Times every stage; returns the JSON dict (without command / variant).
+
+  methods: names (`BENCH_METHODS`) to time each with its own stages, in the
+  JSON's `methods` block (`benchmarks.methods`); None: no such block.
 
   `params` are in the stacked (checkpoint) layout. The project runs on
   per-layer weights (`models.unstack_layers`), as `inference.Pipeline` does,
@@ -225,10 +281,20 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
   out = header(dev, config, dtype_name=dtype_name, n_text=n_text,
                decode_tokens=decode_tokens, repeats=repeats,
                scan_layers=scan_layers, peak=peak, bandwidth=bw)
+  mset = None
+  if methods is not None:
+    pruners = method_stages.method_pruners(
+        methods, setup.vlm, setup.method.scorer,
+        setup.scorer_params["scorer"], seed=seed, fastv_layer=fastv_layer)
+    mset = (method_stages.make_method_stages(), pruners)
+    out["methods"] = method_stages.header(methods, fastv_layer)
   for b in batches:
     times, err = _measure_batch(setup, ref_fn, ref_w, config, b, runs, ks[0],
                                 n_text=n_text, repeats=repeats, seed=seed,
-                                log=log)
+                                log=log, methods=mset)
+    if mset is not None:
+      out["methods"]["records"].extend(method_stages.method_records(
+          methods, mset[1], b, n, n_text, ks, times))
     records = batch_records(config, setup.method.scorer, b, n_text,
                             decode_tokens, dtype.itemsize, runs, times,
                             out["peak_flops"], out["peak_bandwidth"])
@@ -246,7 +312,7 @@ def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   config = _config(args, parser)
-  _check_args(args, parser, config.num_image_tokens)
+  _check_args(args, parser, config.num_image_tokens, config.llm.depth)
   out_dir = os.path.dirname(os.path.abspath(args.out))
   if not os.path.isdir(out_dir):
     parser.error(f"--out: folder {out_dir} does not exist")
@@ -276,7 +342,8 @@ def main(argv=None) -> int:
                       batches=args.batch, repeats=args.repeats,
                       n_text=args.n_text, decode_tokens=args.decode_tokens,
                       seed=args.seed, init=args.init,
-                      scan_layers=args.scan_layers, log=log, on_batch=save)
+                      scan_layers=args.scan_layers, log=log, on_batch=save,
+                      methods=args.method, fastv_layer=args.fastv_layer)
   save(res, complete=True)
   print(format_table({**head, **res}))
   log(f"wrote {args.out}")

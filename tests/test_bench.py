@@ -189,6 +189,16 @@ def test_hash_params_are_finite_and_shaped():
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--variant", "tiny", "--k", "4", "--batch", "0"], "--batch must be >= 1"),
     (["--variant", "tiny", "--llm-layers", "0"], "--llm-layers must be >= 1"),
+    (["--variant", "tiny", "--method", "autoselect,topk"],
+     "argument --method: unknown method 'topk'; choose from autoselect, "
+     "random, grid, norm, attention, divprune, visionzip, fastv"),
+    (["--variant", "tiny", "--method", "full"], "always measured"),
+    (["--variant", "tiny", "--method", "grid,grid"], "duplicate method"),
+    (["--variant", "tiny", "--k", "4", "--method", "fastv"],
+     "--fastv-layer 2 is outside [1, 2)"),
+    (["--variant", "tiny", "--k", "4", "--method", "fastv", "--fastv-layer",
+      "1",
+      "--scan-layers"], "needs the per-layer layout"),
 ])
 def test_bad_input_is_a_parser_error(argv, message, tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
@@ -231,3 +241,128 @@ def test_decode_cache_benchmark_measures_a_long_cache():
   assert (r["batch"], r["slots"]) == (2, 64)
   assert r["cache_mb"] == 2 * 4 * 2 * 64 * 4 * 64 * 4 / 2 ** 20
   assert 0 < r["min_ms"] <= r["ms_per_token"] <= r["max_ms"]
+
+
+# ----------------------------------------------------------------------------
+# --method: each pruning method's own stages.
+
+ALL_METHODS = ["autoselect", "random", "grid", "norm", "attention",
+               "divprune", "visionzip", "fastv"]
+
+
+@pytest.fixture(scope="module")
+def methods_run(tmp_path_factory):
+  """Every method on the tiny model: N = 16, K = 4 and 8, batch 1, FastV
+  after decoder layer 1 (the tiny LLM has 2)."""
+  out = tmp_path_factory.mktemp("bench") / "methods.json"
+  mp = pytest.MonkeyPatch()
+  mp.setattr(timing, "MATMUL_N", {"cpu": 256, "gpu": 256})
+  mp.setattr(timing, "BANDWIDTH_BYTES", {"cpu": 2 ** 22, "gpu": 2 ** 22})
+  argv = ["--variant", "tiny", "--k", "8,4", "--batch", "1", "--repeats", "1",
+          "--n-text", "4", "--decode-tokens", "1", "--method",
+          ",".join(ALL_METHODS), "--fastv-layer", "1", "--out", str(out)]
+  try:
+    assert bench.main(argv) == 0
+  finally:
+    mp.undo()
+  with open(out) as f:
+    return json.load(f)
+
+
+def test_methods_json_has_a_record_per_method_and_k(methods_run):
+  res = methods_run
+  # The core JSON is unchanged; the methods block comes after `reference`.
+  assert list(res) == TOP_KEYS[:18] + ["methods"] + TOP_KEYS[18:]
+  assert all(list(r) == RECORD_KEYS for r in res["records"])
+  block = res["methods"]
+  assert block["names"] == ALL_METHODS and block["fastv_layer"] == 1
+  recs = block["records"]
+  assert [(r["method"], r["k"]) for r in recs] == [("full", 16)] + [
+      (m, k) for m in ALL_METHODS for k in (4, 8)]
+  full = recs[0]
+  full_total = full["encode_ms"] + full["prefill_ms"]
+  assert full["pruner_stage"] is None and full["speedup"] == 1.0
+  core = {(r["k"], r["pruned"]): r for r in res["records"]}
+  for r in recs:
+    assert r["batch"] == 1 and r["n_visual"] == 16
+    assert r["total_ms"] == pytest.approx(
+        r["encode_ms"] + (r["pruner_ms"] or 0.0) + r["prefill_ms"])
+    assert r["speedup"] == pytest.approx(full_total / r["total_ms"])
+    attention = r["method"] in ("attention", "visionzip")
+    assert r["encode_stage"] == ("encode_last_attention" if attention
+                                 else "encode")
+    if not attention:  # The core's plain encode measurement.
+      assert r["encode_ms"] == core[(16, False)]["encode_ms"]
+    if r["method"] in ("full", "fastv"):
+      assert r["pruner_stage"] is None and r["pruner_share"] is None
+      assert r["pruner_ms"] is r["pruner_ms_min"] is r["pruner_ms_max"] is None
+    else:
+      assert r["pruner_stage"] == "pruner" and r["pruner_ms"] > 0
+      assert r["pruner_share"] == pytest.approx(r["pruner_ms"] / r["total_ms"])
+      # The K-token prefill is the core's, shared by every pre-LLM method.
+      assert r["prefill_stage"] == "prefill"
+      assert r["prefill_ms"] == core[(r["k"], True)]["prefill_ms"]
+  fastv = [r for r in recs if r["method"] == "fastv"]
+  assert {r["prefill_stage"] for r in fastv} == {"fastv_prefill"}
+  assert "fastv_prefill" in block["stages"] and "no pruner stage" in (
+      block["stages"]["fastv_prefill"])
+  table = bench.format_table(res)
+  assert "per method (fastv_layer 1)" in table and "visionzip" in table
+
+
+def test_methods_block_is_absent_by_default(tiny_run):
+  assert "methods" not in tiny_run
+
+
+def test_bench_methods_are_every_pruning_method_but_full():
+  from autoselect_jax.inference import pruners
+  assert bench.BENCH_METHODS == pruners.PRE_LLM_METHODS + ("fastv",)
+  assert set(bench.BENCH_METHODS) | {"full"} == set(pruners.METHODS)
+
+
+def test_attention_methods_time_the_last_attention_encoder():
+  """By structure: the encode stage attention and VisionZip are charged is
+  the encoder called with last_attention=True, and its output is what their
+  pruner calls receive; plain methods get no attention."""
+  import dataclasses
+  from autoselect_jax.benchmarks import methods
+  from autoselect_jax.inference.pruners import make_pruner
+  from autoselect_jax.models.attention import LastAttention
+  seen = []
+
+  @dataclasses.dataclass(frozen=True)
+  class SpyVLM:
+    def encode_image(self, params, images, **kw):
+      seen.append(kw)
+      f = jnp.ones((images.shape[0], 16, 8)) * jnp.arange(16)[:, None]
+      if kw.get("last_attention"):
+        return f, LastAttention(jnp.arange(16.0)[None], f)
+      return f
+
+  setup = type("Setup", (), {"vlm": SpyVLM(), "params": {}})()
+  pruners = {name: make_pruner(name) for name in ("norm", "attention",
+                                                  "visionzip")}
+  images = jnp.zeros((1, 4, 4, 3))
+  calls = methods.timed_calls(methods.make_method_stages(), setup, pruners,
+                              images, jnp.ones((1, 16, 8)), None, [4],
+                              cache_size=32)
+  assert seen == [{"last_attention": True}]   # Traced once, with the option.
+  keys = [key for key, _, _ in calls]
+  assert keys == [methods.ENCODE_ATTENTION] + [
+      ("method_pruner", name, 4) for name in pruners]
+  fn, args = calls[0][1:]
+  assert args[3].needs_attention
+  assert isinstance(fn(*args)[1], LastAttention)
+  for (_, name, _), (_, _, args) in zip(keys[1:], calls[1:]):
+    assert isinstance(args[4], LastAttention) == (name != "norm")
+  # And the records charge that stage's time to them.
+  ms = lambda v: [v / 1e3]
+  times = {"encode": ms(10), methods.ENCODE_ATTENTION: ms(12),
+           ("prefill", 16, False): ms(50), ("prefill", 4, True): ms(20),
+           **{key: ms(2) for key in keys[1:]}}
+  recs = methods.method_records(list(pruners), pruners, 1, 16, 4, [4], times)
+  got = {r["method"]: (r["encode_ms"], r["total_ms"]) for r in recs}
+  assert got == pytest.approx({"full": (10, 60), "norm": (10, 32),
+                               "attention": (12, 34), "visionzip": (12, 34)})
+  assert recs[1]["speedup"] == pytest.approx(60 / 32)
+  assert recs[1]["pruner_share"] == pytest.approx(2 / 32)

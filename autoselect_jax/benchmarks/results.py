@@ -116,6 +116,9 @@ def format_table(res: dict) -> str:
       vals = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in e.items() if k != "pass")
       lines.append(f"      {'ok  ' if e['pass'] else 'MISS'} {vals}")
+  if "methods" in res:
+    from autoselect_jax.benchmarks.methods import format_table as per_method
+    lines.append(per_method(res["methods"]))
   return "\n".join(lines)
 
 
