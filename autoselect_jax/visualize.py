@@ -10,7 +10,7 @@ method's per-token scores as a heat map ("no scores" for grid, DivPrune and
 FastV). Every method runs through the same selection code as generation and
 evaluation (`inference.pruners`); FastV, which selects inside the LLM from the
 prompt, runs a generation with `--prompt` to get its kept tokens. The PNG is
-written atomically (`evaluation.pictures`).
+written atomically (`figures.pictures`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def selection_panels(pipe, images, methods, k: int, *, scorer_dir=None,
 
   images: PIL images, uint8 arrays or paths (as `Pipeline.generate`).
   """
-  from autoselect_jax.evaluation.pictures import Panel
+  from autoselect_jax.figures.pictures import Panel
   columns = []
   for m in methods:
     p = pipe.with_method(m, scorer_dir=scorer_dir if m == "autoselect"
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
   if "autoselect" in methods and not args.scorer:
     parser.error("--method autoselect needs --scorer DIR")
 
-  from autoselect_jax.evaluation.pictures import draw_grid_of_examples
+  from autoselect_jax.figures.pictures import draw_grid_of_examples
   from autoselect_jax.inference.pipeline import Pipeline
   try:
     images = [_display_image(p) for p in args.image]

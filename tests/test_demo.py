@@ -20,6 +20,7 @@ from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as ev
 from autoselect_jax.demo import pretrain
 from autoselect_jax.demo import tokenizer as demo_tokenizer
+from autoselect_jax.inference import pruners
 from autoselect_jax.inference.decode import greedy_decode
 from autoselect_jax.method.selection import selected_sequence
 from autoselect_jax.models import VLM, GemmaConfig, SiglipConfig, get_variant
@@ -169,12 +170,21 @@ def test_evaluate_baselines_on_untrained_model(model, processor):
   want = ((pred == arrays["tokens"]) | ~arrays["loss_mask"]).all(1)
   np.testing.assert_array_equal(matches, want)
   assert full == want.mean()
-  for fn in (ev.random_selection, ev.oracle_selection):
+  for fn in ev.BASELINES.values():  # K = N: every method keeps all.
     assert ev.evaluate(vlm, params, processor, examples, fn, n,
                        batch_size=4) == full
   table = ev.selection_table(vlm, params, processor, examples, [2, 4],
                              batch_size=4)
-  assert set(table) == {"full", "oracle", "random"}
+  assert list(table) == ["full", "oracle", "random", "grid", "norm",
+                         "attention", "divprune"]
+  # The wrapped baselines keep what the deployed pruners keep.
+  feats, att = vlm.encode_image(
+      params, demo_data.scale_images(arrays["images"]), last_attention=True)
+  for name in ("grid", "norm", "attention", "divprune"):
+    pruner, _ = pruners.make_pruner(name)
+    np.testing.assert_array_equal(
+        ev.pruner_selection(name)(feats, None, 3, {"attention": att}),
+        pruner(None, feats, 3, att).index)
   assert "| oracle |" in ev.format_table(table, n)
   with pytest.raises(ValueError, match="k="):
     ev.evaluate(vlm, params, processor, examples, ev.random_selection, n + 1)
@@ -189,7 +199,8 @@ def test_selections_are_sorted_distinct_and_oracle_finds_objects():
   mask[0, [1, 9]] = mask[1, [15]] = mask[2, [0, 5, 6, 7]] = True
   ctx = {"object_mask": jnp.asarray(mask)}
   for k in (1, 3, 8, 16):
-    for fn in (ev.random_selection, ev.oracle_selection):
+    for fn in (ev.random_selection, ev.oracle_selection,
+               ev.pruner_selection("grid"), ev.pruner_selection("divprune")):
       idx = np.asarray(fn(feats, rng, k, ctx))
       assert idx.shape == (3, k)
       assert (np.diff(idx, axis=1) > 0).all()

@@ -1,4 +1,4 @@
-"""Pictures of token selections (`evaluation.pictures`): kept pixels, dimmed
+"""Pictures of token selections (`figures.pictures`): kept pixels, dimmed
 drops, heat maps, the PNG file, errors."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autoselect_jax.evaluation import pictures as P
+from autoselect_jax.figures import pictures as P
 
 
 def _bright(h, w, seed=0):

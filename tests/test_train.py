@@ -330,9 +330,16 @@ def test_demo_pipeline_end_to_end_shortened(tmp_path):
   saved = json.load(open(os.path.join(workdir, "demo_table.json")))
   table = {m: {int(k): v for k, v in row.items()}
            for m, row in saved["table"].items()}
-  assert list(table) == ["full", "AutoSelect", "random", "oracle"]
+  assert list(table) == ["full", "AutoSelect", "oracle", "random", "grid",
+                         "norm", "attention", "divprune"]
   assert all(list(row) == [4, 8] for row in table.values())
   _check_demo_table(workdir, table, saved)
+  from PIL import Image
+  for name in ("selection.png", "accuracy_vs_k.png"):
+    path = os.path.join(workdir, name)
+    assert path in out  # Printed where it is.
+    with Image.open(path) as im:
+      assert min(im.size) > 200
   again = _run(args, timeout=600).stdout  # Cached VLM, finished training.
   assert "cache hit" in again and "pretrain: saved" not in again
   assert "| AutoSelect |" in again

@@ -6,9 +6,12 @@ A selection function picks the tokens:
   ascending, distinct.
 
 `ctx` is a dict of arrays passed into the jitted evaluation: the per-example
-"object_mask" (B, N) bool (the oracle's knowledge) plus whatever `context` the
-caller hands `evaluate` (e.g. a learned Scorer's parameters), so selection
-functions stay static and nothing is baked into the compiled program.
+"object_mask" (B, N) bool (the oracle's knowledge), "attention" (the
+encoder's `LastAttention`, for the attention baseline) plus whatever
+`context` the caller hands `evaluate` (e.g. a learned Scorer's parameters),
+so selection functions stay static and nothing is baked into the compiled
+program. The training-free baselines are the deployed ones
+(`inference.pruners`), wrapped by `pruner_selection`.
 AutoSelect plugs in as `scores_selection(lambda f, ctx: scorer(ctx[...], f))`.
 
 Kept tokens keep their index in the full grid as position (docs/method.md's
@@ -29,6 +32,8 @@ import numpy as np
 from autoselect_jax.demo import synthetic
 from autoselect_jax.data.processor import Processor
 from autoselect_jax.demo import data as demo_data
+from autoselect_jax.inference import pruners
+from autoselect_jax.progress import Progress
 from autoselect_jax.method.selection import select_topk, selected_sequence
 from autoselect_jax.models import VLM, grid_index
 
@@ -61,6 +66,21 @@ def oracle_selection(features, rng, k, ctx):
   return select_topk(mask.astype(jnp.float32) * 2.0 + noise, k)
 
 
+@functools.lru_cache(maxsize=None)
+def pruner_selection(name: str) -> SelectFn:
+  """A parameter-free training-free baseline of `inference.pruners` (grid,
+  norm, attention, divprune) as a selection function; cached, so the same
+  name is the same jit cache key."""
+  pruner, params = pruners.make_pruner(name)
+  if params is not None:
+    raise ValueError(f"{name} has parameters; not a pruner_selection")
+
+  def select(features, rng, k, ctx):
+    del rng
+    return pruner(None, features, k, ctx.get("attention")).index
+  return select
+
+
 def scores_selection(score_fn: Callable[[jax.Array, Mapping[str, Any]],
                                         jax.Array]) -> SelectFn:
   """Top-k of score_fn(features, ctx) (B, N): e.g. a learned Scorer.
@@ -88,8 +108,9 @@ def selection_logits(vlm: VLM, params, features, idx, tokens, input_mask,
 @functools.partial(jax.jit, static_argnames=("vlm", "select_fn", "k"))
 def _match_batch(vlm: VLM, params, batch, rng, ctx, *, select_fn, k):
   """bool (B,): every target token is the argmax given the true history."""
-  features = vlm.encode_image(params, demo_data.scale_images(batch["images"]))
-  idx = select_fn(features, rng, k, ctx)
+  features, attention = vlm.encode_image(
+      params, demo_data.scale_images(batch["images"]), last_attention=True)
+  idx = select_fn(features, rng, k, {**ctx, "attention": attention})
   logits = selection_logits(vlm, params, features, idx, batch["tokens"],
                             batch["input_mask"], batch["mask_ar"])
   ok = (jnp.argmax(logits, axis=-1) == batch["tokens"]) | ~batch["loss_mask"]
@@ -145,29 +166,41 @@ def evaluate(vlm: VLM, params, processor: Processor,
                            context=context).mean())
 
 
-BASELINES: dict[str, SelectFn] = {"oracle": oracle_selection,
-                                  "random": random_selection}
+BASELINES: dict[str, SelectFn] = {
+    "oracle": oracle_selection, "random": random_selection,
+    **{name: pruner_selection(name)
+       for name in ("grid", "norm", "attention", "divprune")}}
 
 
 def selection_table(vlm: VLM, params, processor: Processor,
                     examples: Sequence[synthetic.Example], ks: Sequence[int],
                     methods: Mapping[str, SelectFn | tuple] | None = None, *,
-                    batch_size: int = 250, seed: int = 0
+                    batch_size: int = 250, seed: int = 0, progress=None
                     ) -> dict[str, dict[int, float]]:
   """{"full": {k: acc}, method: {k: acc}} for every k in ks.
 
   methods: name -> select_fn or (select_fn, context); default BASELINES.
   The full model (all N tokens) is evaluated once and repeated per k.
+  progress: the progress bar's stream (default stderr).
   """
   arrays = demo_data.encode_examples(examples, processor)
-  run = lambda fn, k, ctx=None: float(exact_match(
-      vlm, params, arrays, fn, k, batch_size=batch_size, seed=seed,
-      context=ctx).mean())
+  methods = BASELINES if methods is None else methods
+  bar = Progress(1 + len(methods) * len(ks), "evaluate", unit="run",
+                 stream=progress)
+
+  def run(fn, k, ctx=None):
+    out = float(exact_match(vlm, params, arrays, fn, k,
+                            batch_size=batch_size, seed=seed,
+                            context=ctx).mean())
+    bar.update()
+    return out
+
   full = run(full_selection, None)
   table = {"full": {k: full for k in ks}}
-  for name, method in (BASELINES if methods is None else methods).items():
+  for name, method in methods.items():
     fn, ctx = method if isinstance(method, tuple) else (method, None)
     table[name] = {k: run(fn, k, ctx) for k in ks}
+  bar.close()
   return table
 
 

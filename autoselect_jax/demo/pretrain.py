@@ -35,6 +35,7 @@ from autoselect_jax.data.processor import Processor
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval
 from autoselect_jax.demo import tokenizer as demo_tokenizer
+from autoselect_jax.progress import Progress
 from autoselect_jax.models import (VLM, PaliGemmaConfig, get_variant,
                                    grid_index, next_token_nll)
 
@@ -141,7 +142,8 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
                  variant: str | PaliGemmaConfig = "demo",
                  log_every: int = 50,
                  spec: synthetic.TaskSpec = synthetic.TaskSpec(),
-                 log: Callable[[str], None] = print) -> str:
+                 log: Callable[[str], None] = print,
+                 progress=None) -> str:
   """Returns `workdir/frozen_vlm`, training and saving it unless it exists.
 
   seed: initialisation and batch order; data_seed: the task's example stream
@@ -189,6 +191,7 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
   order = np.random.default_rng(seed)
   perm, pos = order.permutation(num_train), 0
   t_train = time.time()
+  bar = Progress(steps, "pretrain", unit="step", stream=progress)
   for step in range(1, steps + 1):
     if pos + batch_size > num_train:
       perm, pos = order.permutation(num_train), 0
@@ -196,9 +199,11 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
     pos += batch_size
     batch = {k: v[take] for k, v in arrays.items()}
     params, opt_state, loss, acc = train_step(params, opt_state, batch)
+    bar.update()
     if step % log_every == 0 or step == steps:
       log(f"pretrain: step {step:4d}/{steps} loss {float(loss):.4f} "
           f"token acc {float(acc):.3f} elapsed {time.time() - t0:.1f}s")
+  bar.close()
   train_s = time.time() - t_train
   meta = dict(variant=name, steps=steps, batch_size=batch_size, seed=seed,
               data_seed=data_seed, num_train=num_train, lr=lr, warmup=warmup,

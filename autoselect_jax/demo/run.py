@@ -15,7 +15,7 @@ import numpy as np
 
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval
-from autoselect_jax.demo import pretrain
+from autoselect_jax.demo import pretrain, synthetic
 from autoselect_jax.models import get_variant
 from autoselect_jax.demo.synthetic import SyntheticSource
 from autoselect_jax.method import select_topk
@@ -76,13 +76,15 @@ def report(c: ml_collections.ConfigDict, workdir: str, result: dict) -> dict:
   autoselect = demo_eval.scores_selection(
       lambda feats, ctx: obj.scores(ctx["autoselect"], feats))
   methods = {"AutoSelect": (autoselect, {"autoselect": params}),
-             "random": demo_eval.random_selection,
-             "oracle": demo_eval.oracle_selection}
+             **demo_eval.BASELINES}
   examples = demo_data.eval_examples(d.num_eval, d.data_seed)
   table = demo_eval.selection_table(vlm, frozen, setup.processor, examples,
                                     ks, methods, seed=c.seed)
   kept = kept_tokens(obj, vlm, frozen, params, examples[:NUM_KEPT_SHOWN], ks)
   if jax.process_index() == 0:
+    figures = draw_figures(workdir, table, vlm, frozen,
+                           lambda f: obj.scores(params, f),
+                           examples[:NUM_KEPT_SHOWN], c.autoselect.k)
     print(f"\nCaption exact match on {d.num_eval} held-out images (AutoSelect "
           f"trained at K={c.autoselect.k}; evaluation {time.time() - t0:.0f}s):")
     print(demo_eval.format_table(table, vlm.num_visual_tokens))
@@ -91,6 +93,7 @@ def report(c: ml_collections.ConfigDict, workdir: str, result: dict) -> dict:
                            for m, row in table.items()},
                  "num_eval": d.num_eval, "trained_k": c.autoselect.k,
                  "seed": c.seed, "autoselect_kept": kept}, f, indent=2)
+    print("figures: " + ", ".join(figures))
   return table
 
 
@@ -104,3 +107,45 @@ def kept_tokens(obj, vlm, frozen, params, examples, ks) -> dict:
   scores = obj.scores(params, vlm.encode_image(frozen, images))
   return {str(k): np.asarray(select_topk(scores, k)).tolist()
           for k in ks}
+
+
+def selection_panels(vlm, frozen, autoselect_scores, examples, k: int,
+                     seed: int = 0):
+  """[[Panel per method] per example]: AutoSelect (its scores), the oracle
+  (the object cells), and the training-free baselines of `demo_eval.BASELINES`
+  through the deployed pruners, at budget k."""
+  from autoselect_jax.figures.pictures import Panel
+  from autoselect_jax.inference import pruners
+  images = demo_data.scale_images(np.stack([e.image for e in examples]))
+  feats, att = vlm.encode_image(frozen, images, last_attention=True)
+  s = np.asarray(autoselect_scores(feats))
+  mask = synthetic.object_mask(examples, vlm.num_visual_tokens)
+  columns = [("AutoSelect", np.asarray(select_topk(s, k)), s),
+             ("oracle", np.asarray(demo_eval.oracle_selection(
+                 feats, jax.random.key(seed), k, {"object_mask": mask})),
+              mask.astype(np.float32))]
+  for name in [m for m in demo_eval.BASELINES if m != "oracle"]:
+    pruner, p = pruners.make_pruner(name, seed=seed)
+    kept = pruner(p, feats, k, att)
+    columns.append((name, np.asarray(kept.index), None if kept.scores is None
+                    else np.asarray(kept.scores)))
+  return [[Panel(name, idx[i], None if sc is None else sc[i])
+           for name, idx, sc in columns] for i in range(len(examples))]
+
+
+def draw_figures(workdir: str, table, vlm, frozen, autoselect_scores,
+                 examples, k: int) -> list[str]:
+  """WORKDIR/selection.png (kept tokens per method on a few held-out images
+  at the training K) and WORKDIR/accuracy_vs_k.png; returns the paths."""
+  from autoselect_jax.figures.pictures import draw_grid_of_examples
+  from autoselect_jax.figures.plots import plot_accuracy_vs_k
+  n = vlm.num_visual_tokens
+  panels = selection_panels(vlm, frozen, autoselect_scores, examples, k)
+  pic = draw_grid_of_examples(
+      [e.image for e in examples], int(round(n ** 0.5)), panels,
+      os.path.join(workdir, "selection.png"),
+      title=f"K = {k} of {n} visual tokens", labels=[e.caption for e in
+                                                     examples])
+  plot = plot_accuracy_vs_k(table, os.path.join(workdir, "accuracy_vs_k.png"),
+                            n=n)
+  return [pic, plot]

@@ -296,8 +296,8 @@ def pipeline_generate(spec: RunSpec, scores_for: int = 0
 def vis_callback(out_dir: str, spec: RunSpec, count: int = 16):
   """`on_batch` drawing the first `count` examples: the image with the kept
   patches highlighted and the method's score heat map, one PNG per example
-  at out_dir/<key>.png (`evaluation.pictures`)."""
-  from autoselect_jax.evaluation import pictures
+  at out_dir/<key>.png (`figures.pictures`)."""
+  from autoselect_jax.figures import pictures
   drawn = [0]
 
   def on_batch(examples, results, images):
