@@ -131,10 +131,12 @@ def main(argv) -> None:
   import numpy as np
   checksum = sum(float(np.abs(x).astype(np.float64).sum())
                  for x in jax.tree_util.tree_leaves(result["params"]))
+  loss = result["train_metrics"].get("loss")
+  last = ("no step ran in this call" if loss is None
+          else f"last train loss {loss:.6f}")
   print(f"process {jax.process_index()}/{jax.process_count()}: finished at "
-        f"step {result['step']}, last train loss "
-        f"{result['train_metrics'].get('loss', float('nan')):.6f}, "
-        f"trainable |params| sum {checksum:.6f}", flush=True)
+        f"step {result['step']}, {last}, trainable |params| sum "
+        f"{checksum:.6f}", flush=True)
   if client.report is not None:
     client.report(config, _WORKDIR.value, result)
 
