@@ -46,6 +46,7 @@ def get_config():
   c.checkpoint.every = 75
 
   d = c.demo = ml_collections.ConfigDict()
+  d.variant = "demo"      # The frozen VLM's architecture (models/config.py).
   d.data_seed = 0
   d.num_train = 24_000
   d.num_eval = 500        # Held-out images for the final table.

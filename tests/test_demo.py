@@ -218,3 +218,32 @@ def test_selections_are_sorted_distinct_and_oracle_finds_objects():
   params = vlm.init_params(jax.random.key(0))
   with pytest.raises(ValueError, match="distinct"):
     ev.exact_match(vlm, params, arrays, bad, 3, batch_size=2)
+
+
+def test_cached_vlm_must_match_the_asked_settings(tmp_path):
+  quiet = dict(log=lambda *_: None, progress=open(os.devnull, "w"))
+  args = dict(steps=2, batch_size=8, num_train=16)
+  ckpt = pretrain.pretrain_vlm(str(tmp_path), **args, **quiet)
+  assert pretrain.pretrain_vlm(str(tmp_path), **args, **quiet) == ckpt
+  with pytest.raises(ValueError, match=r"steps: 2 cached, 3 asked.*"
+                     r"variant: 'demo' cached, 'demo-2l' asked"):
+    pretrain.pretrain_vlm(str(tmp_path), **{**args, "steps": 3},
+                          variant="demo-2l", **quiet)
+
+
+def test_demo_variant_is_checked_up_front():
+  import importlib.util
+  from autoselect_jax.demo import run
+  from autoselect_jax.training.config import ConfigError
+  spec = importlib.util.spec_from_file_location(
+      "demo_config", os.path.join(os.path.dirname(os.path.dirname(
+          os.path.abspath(__file__))), "configs", "demo.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  run.validate(c)
+  c.demo.variant = "demo-2l"
+  run.validate(c)
+  c.demo.variant = "nope"
+  with pytest.raises(ConfigError, match="demo.variant='nope'"):
+    run.validate(c)

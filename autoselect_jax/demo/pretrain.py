@@ -151,7 +151,11 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
   name or a config (its image grid must match `spec`).
   """
   ckpt = os.path.join(workdir, CKPT_SUBDIR)
+  name = variant if isinstance(variant, str) else "custom"
   if os.path.exists(os.path.join(ckpt, store.CONFIG_FILE)):
+    _check_cached(ckpt, dict(variant=name, steps=steps,
+                             batch_size=batch_size, seed=seed,
+                             data_seed=data_seed, num_train=num_train, lr=lr))
     log(f"pretrain: cache hit, using the frozen VLM in {ckpt}")
     return ckpt
   if steps < 1 or batch_size < 1 or num_train < 1:
@@ -165,7 +169,6 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
                      f"patches do not match the model's "
                      f"{config.vision.image_size}px / "
                      f"{config.vision.patch_size}px")
-  name = variant if isinstance(variant, str) else "custom"
   vlm = VLM(config, unroll=True)  # Two layers: unrolled is ~15% faster on CPU.
   processor = make_processor(config)
   arrays = demo_data.encode_examples(
@@ -216,6 +219,23 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
   log(f"pretrain: saved {ckpt} (training loop {train_s:.1f}s, "
       f"{time.time() - t0:.1f}s in all)")
   return ckpt
+
+
+def _check_cached(ckpt: str, asked: dict) -> None:
+  """A cached VLM must be the one asked for: a ValueError names the fields
+  that differ (a cache from before the metadata existed is accepted)."""
+  path = os.path.join(ckpt, META_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    meta = json.load(f)
+  diff = {k: (meta[k], v) for k, v in asked.items()
+          if k in meta and meta[k] != v}
+  if diff:
+    parts = ", ".join(f"{k}: {a!r} cached, {b!r} asked"
+                      for k, (a, b) in sorted(diff.items()))
+    raise ValueError(f"{ckpt} holds a frozen VLM pre-trained with other "
+                     f"settings ({parts}); use another workdir or delete it")
 
 
 def load_frozen(ckpt: str):

@@ -42,7 +42,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     ch.need(isinstance(v, int) and v >= c.batch_size, f"demo.{field}",
             f"must hold at least one batch (batch_size={c.batch_size})")
   ch.real_in("demo.pretrain_lr", 0.0, lo_open=True)
-  n = get_variant("demo").num_image_tokens
+  try:
+    n = get_variant(c.demo.variant).num_image_tokens
+  except ValueError as e:
+    raise ConfigError(f"demo.variant={c.demo.variant!r}: {e}",
+                      "demo.variant") from None
   ch.need(all(1 <= k <= n for k in _budgets(c)), "demo.budgets",
           f"must lie in [1, {n}] (the demo VLM's visual tokens)")
 
@@ -54,7 +58,7 @@ def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
   return pretrain.pretrain_vlm(
       workdir, steps=d.pretrain_steps, batch_size=d.pretrain_batch_size,
       seed=d.pretrain_seed, data_seed=d.data_seed, num_train=d.num_train,
-      lr=d.pretrain_lr, log=log)
+      lr=d.pretrain_lr, variant=d.variant, log=log)
 
 
 def sources(c: ml_collections.ConfigDict):
