@@ -180,6 +180,12 @@ def test_param_count_of_the_tiny_config():
   denoiser = block - 2 * (d * d + d)            # no query / key
   assert (c["scorer"], c["denoiser"]) == (scorer, denoiser)
   assert c["total"] == scorer + denoiser and c["vlm"] > 0
+  # The ablations: global attention adds query / key; no Denoiser, nothing.
+  glob = count_params(get_variant("tiny"), Scorer(num_heads=4),
+                      Denoiser(num_heads=4, attention="global"))
+  assert glob["denoiser"] == block
+  none = count_params(get_variant("tiny"), Scorer(num_heads=4), None)
+  assert (none["denoiser"], none["total"]) == (0, scorer)
 
 
 def test_bad_inputs(setup):
@@ -207,3 +213,7 @@ def test_bad_inputs(setup):
                {k: v[:1] for k, v in text.items()}, jax.random.key(0), 2, 1.0)
   with pytest.raises(ValueError, match="position_policy must be one of"):
     AutoSelect(method.vlm, position_policy="sorted")
+  with pytest.raises(ValueError, match="gate must be one of"):
+    AutoSelect(method.vlm, gate="gumbel")
+  with pytest.raises(ValueError, match="noise must be a bool"):
+    AutoSelect(method.vlm, noise=1)

@@ -1,11 +1,14 @@
-"""Variance-preserving noise gate."""
+"""The training gates: the variance-preserving noise gate and its ablations
+(no-noise VP, plain scale, Gumbel straight-through top-K)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoselect_jax import vp_noise_gate
+from autoselect_jax import soft_topk, vp_noise_gate
+from autoselect_jax.method import (gate_tokens, gumbel_ste_gate,
+                                   gumbel_topk_mask, scale_gate)
 
 RNG = jax.random.key(0)
 
@@ -85,3 +88,111 @@ def test_bad_inputs():
     vp_noise_gate(x, jnp.ones((2, 16)), RNG, noise_scale="max")
   with pytest.raises(ValueError, match="min_alpha must be in"):
     vp_noise_gate(x, jnp.ones((2, 16)), RNG, min_alpha=0.0)
+
+
+# Hand-checked: alpha in {1, 0.25, 0} has exact square roots {1, 0.5, 0}.
+X_SMALL = jnp.array([[[1.0, 2.0], [3.0, 4.0], [-2.0, 0.5]]])     # (1, 3, 2)
+A_SMALL = jnp.array([[1.0, 0.25, 0.0]])
+
+
+def test_scale_gate_is_alpha_times_x():
+  np.testing.assert_array_equal(
+      scale_gate(X_SMALL, A_SMALL),
+      [[[1.0, 2.0], [0.75, 1.0], [0.0, 0.0]]])
+  x, alpha = _x(), jax.random.uniform(jax.random.key(8), (2, 16))
+  np.testing.assert_array_equal(scale_gate(x, alpha), alpha[..., None] * x)
+  g = jax.grad(lambda a: jnp.sum(scale_gate(x, a)))(alpha)
+  np.testing.assert_allclose(g, jnp.sum(x, -1), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"alpha must be \(B, N\)"):
+    scale_gate(x, alpha[:, :3])
+
+
+def test_no_noise_vp_gate_is_sqrt_alpha_times_x():
+  want = [[[1.0, 2.0], [1.5, 2.0], [0.0, 0.0]]]
+  for key in (1, 2):  # No noise: the key does not matter.
+    np.testing.assert_array_equal(
+        vp_noise_gate(X_SMALL, A_SMALL, jax.random.key(key), noise=False),
+        want)
+  g = jax.jit(jax.grad(lambda a: jnp.sum(
+      vp_noise_gate(X_SMALL, a, RNG, noise=False))))(A_SMALL)
+  # d/da sqrt(a) x = x / (2 sqrt(a)), at a clipped to [1e-6, 1].
+  np.testing.assert_allclose(
+      g, [[3.0 / 2, 7.0 / (2 * 0.5), -1.5 / (2 * 1e-3)]], rtol=1e-4)
+
+
+def test_gumbel_mask_is_hard_top_k_of_the_perturbed_scores():
+  """Scores 100 apart: Gumbel noise (scale ~1) cannot reorder them, so the
+  mask is the plain top-k, by hand."""
+  s = jnp.array([[0.0, 300.0, 100.0, 500.0, 200.0, 400.0],
+                 [500.0, 400.0, 300.0, 200.0, 100.0, 0.0]])
+  m, soft = gumbel_topk_mask(s, 3, 0.5, RNG)
+  np.testing.assert_array_equal(m, [[0, 1, 0, 1, 0, 1], [1, 1, 1, 0, 0, 0]])
+  np.testing.assert_allclose(jnp.sum(soft, -1), 3.0, rtol=1e-6)
+  # Random scores, static and traced k: exactly k ones per row, at the top-k
+  # of scores + g (g from the same key).
+  s = jax.random.normal(jax.random.key(11), (4, 20))
+  g = jax.random.gumbel(RNG, s.shape)
+  traced = jax.jit(lambda s, k: gumbel_topk_mask(s, k, 0.5, RNG)[0])
+  for k in (1, 5, 20):
+    for got in (gumbel_topk_mask(s, k, 0.5, RNG)[0],
+                traced(s, jnp.int32(k))):
+      got = np.asarray(got)
+      assert set(np.unique(got)) <= {0.0, 1.0}
+      np.testing.assert_array_equal(got.sum(-1), k)
+      top = np.argsort(-np.asarray(s + g), -1)[:, :k]
+      np.testing.assert_array_equal(np.take_along_axis(got, top, -1), 1.0)
+  # Fresh noise per key: another key keeps another set.
+  a = gumbel_topk_mask(s, 5, 0.5, jax.random.key(1))[0]
+  b = gumbel_topk_mask(s, 5, 0.5, jax.random.key(2))[0]
+  assert not np.array_equal(a, b)
+
+
+def test_gumbel_mask_gradient_is_the_soft_relaxations():
+  s = jax.random.normal(jax.random.key(12), (3, 10))
+  w = jax.random.normal(jax.random.key(13), (3, 10))
+  g = jax.random.gumbel(RNG, s.shape)
+  ste = jax.grad(lambda s: jnp.sum(w * gumbel_topk_mask(s, 4, 0.7, RNG)[0]))(s)
+  soft = jax.grad(lambda s: jnp.sum(w * soft_topk(s + g, 4, 0.7)))(s)
+  np.testing.assert_allclose(ste, soft, rtol=1e-5, atol=1e-7)
+  assert np.all(np.abs(np.asarray(ste)) > 0)
+
+
+def test_gumbel_ste_gate_keeps_k_tokens_and_noises_the_rest():
+  x, s = _x(), jax.random.normal(jax.random.key(14), (2, 16))
+  out, soft = gumbel_ste_gate(x, s, 5, 0.5, RNG)
+  r_gumbel, r_eps = jax.random.split(RNG)
+  m = np.asarray(gumbel_topk_mask(s, 5, 0.5, r_gumbel)[0], bool)
+  eps = jax.random.normal(r_eps, x.shape)
+  np.testing.assert_array_equal(np.asarray(out)[m], np.asarray(x)[m])
+  np.testing.assert_array_equal(np.asarray(out)[~m], np.asarray(eps)[~m])
+  np.testing.assert_array_equal(m.sum(-1), 5)
+  quiet, _ = gumbel_ste_gate(x, s, 5, 0.5, RNG, noise=False)
+  np.testing.assert_array_equal(np.asarray(quiet)[~m], 0.0)
+  np.testing.assert_array_equal(np.asarray(quiet)[m], np.asarray(x)[m])
+  # The gradient reaches every score through the relaxation.
+  w = _x(seed=15)
+  gs = jax.jit(jax.grad(lambda s: jnp.sum(
+      w * gumbel_ste_gate(x, s, 5, 0.5, RNG)[0])))(s)
+  assert np.all(np.isfinite(np.asarray(gs))) and np.all(np.abs(gs) > 0)
+
+
+def test_gate_dispatch():
+  x, s = _x(), jax.random.normal(jax.random.key(16), (2, 16))
+  alpha = soft_topk(s, 4, 0.5)
+  out, a = gate_tokens("vp", x, s, 4, 0.5, RNG)
+  np.testing.assert_array_equal(a, alpha)
+  np.testing.assert_array_equal(out, vp_noise_gate(x, alpha, RNG))
+  out, _ = gate_tokens("vp", x, s, 4, 0.5, RNG, noise=False)
+  np.testing.assert_array_equal(out, vp_noise_gate(x, alpha, RNG,
+                                                   noise=False))
+  for noise in (True, False):  # The scale gate never adds noise.
+    out, _ = gate_tokens("scale", x, s, 4, 0.5, RNG, noise=noise)
+    np.testing.assert_array_equal(out, scale_gate(x, alpha))
+  out, a = gate_tokens("gumbel_ste", x, s, 4, 0.5, RNG, noise_scale="std")
+  want, soft = gumbel_ste_gate(x, s, 4, 0.5, RNG, "std")
+  np.testing.assert_array_equal(out, want)
+  np.testing.assert_array_equal(a, soft)
+  with pytest.raises(ValueError, match="gate must be one of"):
+    gate_tokens("gumbel", x, s, 4, 0.5, RNG)
+  with pytest.raises(ValueError, match=r"scores must be \(B, N\)"):
+    gate_tokens("gumbel_ste", x, s[:, :3], 4, 0.5, RNG)

@@ -1,4 +1,5 @@
-"""Scorer and Denoiser: shapes, equivariance, per-token independence, init."""
+"""Scorer and Denoiser: shapes, equivariance, per-token independence, init;
+the global-attention Denoiser ablation."""
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,35 @@ def test_denoiser_output_at_token_i_depends_on_token_i_only():
   assert float(jnp.abs(y2[:, j] - y[:, j]).max()) > 1e-2
 
 
+def test_global_denoiser_starts_as_identity_and_leaks_across_tokens():
+  """The ablation: the same block under global attention. It starts as the
+  identity too, but once trained token i's output reads every token, where
+  the diagonal Denoiser's reads token i alone."""
+  glob = Denoiser(num_heads=4, attention="global")
+  params = glob.init(jax.random.key(2), X)
+  np.testing.assert_array_equal(glob.apply(params, X), X)
+  attn = params["params"]["block"]["attn"]
+  assert {"query", "key", "value", "out"} <= set(attn)
+  assert not np.any(np.asarray(attn["out"]["kernel"]))
+  diag = Denoiser(num_heads=4)
+  diag_params = diag.init(jax.random.key(2), X)
+  # The diagonal Denoiser's parameters are the global one's minus query/key.
+  shapes = lambda t: jax.tree_util.tree_map(jnp.shape, t)
+  glob_no_qk = {**params["params"]["block"],
+                "attn": {k: attn[k] for k in ("value", "out")}}
+  assert shapes(glob_no_qk) == shapes(diag_params["params"]["block"])
+  j, others = 5, np.arange(12) != 5
+  x2 = X.at[:, j].set(jax.random.normal(jax.random.key(3), (2, 32)))
+  for module, p, leaks in ((glob, params, True), (diag, diag_params, False)):
+    p = _perturb(p)
+    f = jax.jit(module.apply)
+    change = np.abs(np.asarray(f(p, x2) - f(p, X)))[:, others]
+    if leaks:
+      assert change.max() > 1e-3, change.max()
+    else:
+      assert change.max() == 0.0, change.max()
+
+
 def test_self_only_attention_equals_identity_masked_attention():
   full = SelfAttention(num_heads=4)
   params = full.init(jax.random.key(4), X)["params"]
@@ -90,3 +120,5 @@ def test_bad_inputs():
     Denoiser(num_heads=4).init(jax.random.key(0), X[0])
   with pytest.raises(ValueError, match="not divisible by num_heads"):
     Scorer(num_heads=5).init(jax.random.key(0), X)
+  with pytest.raises(ValueError, match="Denoiser attention must be one of"):
+    Denoiser(num_heads=4, attention="local").init(jax.random.key(0), X)

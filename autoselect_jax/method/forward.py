@@ -5,7 +5,8 @@ They talk to the VLM only through the backbone-agnostic `VLM` object
 run_llm, logits. Trainable AutoSelect parameters and frozen VLM parameters
 are separate pytrees:
 
-  params = {"scorer": ..., "denoiser": ...}      # trainable
+  params = {"scorer": ..., "denoiser": ...}      # trainable ("scorer" only
+                                                 #  with denoiser=None)
   frozen_params = vlm.init_params(...) / loaded  # never updated
 
 The LLM input is always a `models.Sequence` built by `vlm.sequence` (all N
@@ -27,8 +28,8 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from autoselect_jax.method.gate import NOISE_SCALES, vp_noise_gate
-from autoselect_jax.method.lapsum import _check_k, _check_tau, soft_topk
+from autoselect_jax.method.gate import GATES, NOISE_SCALES, gate_tokens
+from autoselect_jax.method.lapsum import _check_k, _check_tau
 from autoselect_jax.method.modules import Denoiser, Scorer
 from autoselect_jax.method.selection import (POSITION_POLICIES, select_topk,
                                              selected_sequence)
@@ -44,22 +45,38 @@ Params = Any
 class AutoSelect:
   """The method's modules and hyper-parameters around one frozen VLM.
 
+  The defaults are the paper's method; `gate`, `noise` and `denoiser` also
+  select its training ablations (docs/method.md, "Ablation switches"). The
+  deployed path (Scorer + hard top-K) is the same for all of them.
+
   Attributes:
     vlm: the frozen backbone (`autoselect_jax.models.VLM`).
-    scorer, denoiser: the trainable linen modules.
+    scorer: the trainable Scorer (linen module).
+    denoiser: the trainable Denoiser (diagonal or global attention), or None
+      for no Denoiser (the gated tokens go to the projector as they are, and
+      the params hold no "denoiser" entry).
     noise_scale: the gate's eps scale, None (unit Gaussian) or "std".
     min_alpha: the gate's gradient clip.
     position_policy: default position ids at inference, "original" or
       "packed" (see `kept_positions`).
+    gate: the training gate, one of `gate.GATES`: "vp" (the paper),
+      "scale" or "gumbel_ste" (see `gate.gate_tokens`).
+    noise: False sets eps = 0 in the "vp" and "gumbel_ste" gates.
   """
   vlm: Any
   scorer: Scorer = Scorer()
-  denoiser: Denoiser = Denoiser()
+  denoiser: Optional[Denoiser] = Denoiser()
   noise_scale: Optional[str] = None
   min_alpha: float = 1e-6
   position_policy: str = "original"
+  gate: str = "vp"
+  noise: bool = True
 
   def __post_init__(self):
+    if self.gate not in GATES:
+      raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+    if not isinstance(self.noise, bool):
+      raise ValueError(f"noise must be a bool, got {self.noise!r}")
     if self.noise_scale not in NOISE_SCALES:
       raise ValueError(f"noise_scale must be one of {NOISE_SCALES}, got "
                        f"{self.noise_scale!r}")
@@ -72,11 +89,14 @@ class AutoSelect:
                      jnp.float32)
 
   def init(self, rng) -> Params:
-    """Fresh trainable parameters {"scorer": ..., "denoiser": ...}."""
+    """Fresh trainable parameters {"scorer": ..., "denoiser": ...} (no
+    "denoiser" entry when `denoiser` is None)."""
     r_s, r_d = jax.random.split(rng)
     x = self._dummy_features()
-    return {"scorer": self.scorer.init(r_s, x)["params"],
-            "denoiser": self.denoiser.init(r_d, x)["params"]}
+    params = {"scorer": self.scorer.init(r_s, x)["params"]}
+    if self.denoiser is not None:
+      params["denoiser"] = self.denoiser.init(r_d, x)["params"]
+    return params
 
   def abstract_params(self) -> Params:
     """Shapes and dtypes of `init`'s tree, without allocating it."""
@@ -157,17 +177,20 @@ def train_loss(method: AutoSelect, params, frozen_params, inputs, text, rng,
   LLM on [project(X~) ; embed(text)]; cross-entropy of the suffix targets
   (loss_mask), the logits at sequence position p predicting token p + 1,
   averaged over the number of target tokens. No token is dropped.
+  (`method.gate`, `method.noise` and `method.denoiser` swap the gate and the
+  Denoiser for the ablations: `gate.gate_tokens`.)
 
   Differentiate w.r.t. `params` only; `frozen_params` sit behind
   stop_gradient.
 
   Args:
     method: the `AutoSelect` configuration.
-    params: trainable {"scorer", "denoiser"} parameters.
+    params: trainable {"scorer", "denoiser"} parameters ("scorer" only
+      without a Denoiser).
     frozen_params: the VLM's parameters.
     inputs: images (B, H, W, 3) or encoder features (B, N, Dv).
     text: tokens, input_mask, mask_ar, loss_mask, each (B, T).
-    rng: PRNG key for the gate's noise.
+    rng: PRNG key for the gate's noise (and the Gumbel perturbation).
     k: the budget, a Python int in [1, N], or a traced int32 scalar (e.g.
       drawn per step: one compiled program serves every K).
     tau: LapSum temperature, > 0 (may be traced, e.g. `tau_schedule(step)`).
@@ -175,7 +198,8 @@ def train_loss(method: AutoSelect, params, frozen_params, inputs, text, rng,
   Returns:
     (loss scalar float32, aux dict of scalars: "num_targets", "alpha_kept"
     (mean alpha of each example's k largest), "alpha_dropped" (mean of the
-    rest; 0 when k = N)).
+    rest; 0 when k = N)). For the "gumbel_ste" gate alpha is the soft
+    relaxation of the perturbed scores (the forward mask itself is 0 / 1).
   """
   tokens = _text_arrays(text, ("tokens", "input_mask", "mask_ar",
                                "loss_mask"))[0]
@@ -208,9 +232,14 @@ def loss_from_scores(method: AutoSelect, params, frozen_params, features, s,
     raise ValueError(f"text batch size {tokens.shape[0]} != visual batch "
                      f"size {b}")
   t = tokens.shape[1]
-  alpha = soft_topk(s, k, tau)                                 # (B, N)
-  noised = vp_noise_gate(x, alpha, rng, method.noise_scale, method.min_alpha)
-  denoised = method.denoiser.apply({"params": params["denoiser"]}, noised)
+  noised, alpha = gate_tokens(method.gate, x, s, k, tau, rng,
+                              noise=method.noise,
+                              noise_scale=method.noise_scale,
+                              min_alpha=method.min_alpha)   # (B,N,Dv), (B,N)
+  if method.denoiser is None:
+    denoised = noised
+  else:
+    denoised = method.denoiser.apply({"params": params["denoiser"]}, noised)
   seq = vlm.sequence(frozen_params, vlm.project(frozen_params, denoised),
                      grid_index(b, n), n, tokens, input_mask, mask_ar)
   hidden, _ = vlm.run_llm(frozen_params, seq.embeddings, seq.positions,
@@ -280,8 +309,9 @@ def _count(tree) -> int:
 
 
 def count_params(config, scorer: Scorer = Scorer(),
-                 denoiser: Denoiser = Denoiser()) -> dict[str, int]:
-  """{"scorer", "denoiser", "total", "vlm"} parameter counts for a VLM config.
+                 denoiser: Optional[Denoiser] = Denoiser()) -> dict[str, int]:
+  """{"scorer", "denoiser", "total", "vlm"} parameter counts for a VLM config
+  (denoiser None: 0 Denoiser parameters).
 
   Shapes only (jax.eval_shape): nothing is allocated, a 3B VLM included.
   """
@@ -289,7 +319,7 @@ def count_params(config, scorer: Scorer = Scorer(),
   vlm = VLM(config)
   tree = AutoSelect(vlm, scorer, denoiser).abstract_params()
   out = {"scorer": _count(tree["scorer"]),
-         "denoiser": _count(tree["denoiser"])}
+         "denoiser": _count(tree.get("denoiser", {}))}
   out["total"] = out["scorer"] + out["denoiser"]
   out["vlm"] = _count(vlm.abstract_params())
   return out

@@ -2,7 +2,8 @@
 
 Both act on the vision encoder's output tokens (B, N, Dv) and carry no
 positional embedding: the Scorer is equivariant to permutations of the tokens,
-the Denoiser transforms every token on its own.
+the Denoiser (the paper's "diagonal" attention) transforms every token on its
+own; its "global" ablation lets every token attend to all of them.
 
 Axes: B batch, N visual tokens, D width, H heads, E head dim, F MLP width.
 """
@@ -16,7 +17,9 @@ import jax.numpy as jnp
 
 from autoselect_jax.models.attention import SelfAttention
 
-__all__ = ["Block", "Scorer", "Denoiser"]
+__all__ = ["Block", "Scorer", "Denoiser", "DENOISER_ATTENTIONS"]
+
+DENOISER_ATTENTIONS = ("diagonal", "global")
 
 
 class Block(nn.Module):
@@ -83,22 +86,30 @@ class Scorer(nn.Module):
 
 
 class Denoiser(nn.Module):
-  """One Transformer block under the identity attention mask (train-only).
+  """One Transformer block over the noised tokens (train-only).
 
-  (B, N, Dv) -> (B, N, Dv): output token i depends on input token i only, so
-  content cannot leak from kept tokens into dropped ones. Both residual
-  branches' output projections start at zero, so at initialisation the
-  Denoiser is exactly the identity and training starts from "no change".
+  (B, N, Dv) -> (B, N, Dv). With `attention="diagonal"` (the paper) the
+  block runs under the identity attention mask: output token i depends on
+  input token i only, so content cannot leak from kept tokens into dropped
+  ones. `attention="global"` is the paper's ablation: ordinary self-attention
+  over all N tokens (the same block, plus query / key projections). Either
+  way both residual branches' output projections start at zero, so at
+  initialisation the Denoiser is exactly the identity and training starts
+  from "no change".
   """
   num_heads: int = 16
   mlp_ratio: float = 4.0
   eps: float = 1e-6
   dtype: jnp.dtype = jnp.float32
+  attention: str = "diagonal"
 
   @nn.compact
   def __call__(self, x):
     if x.ndim != 3:
       raise ValueError(f"Denoiser input must be (B, N, Dv), got {x.shape}")
-    return Block(self.num_heads, self.mlp_ratio, self_only=True,
-                 zero_init_out=True, eps=self.eps, dtype=self.dtype,
-                 name="block")(x)
+    if self.attention not in DENOISER_ATTENTIONS:
+      raise ValueError(f"Denoiser attention must be one of "
+                       f"{DENOISER_ATTENTIONS}, got {self.attention!r}")
+    return Block(self.num_heads, self.mlp_ratio,
+                 self_only=self.attention == "diagonal", zero_init_out=True,
+                 eps=self.eps, dtype=self.dtype, name="block")(x)
