@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.autoselect.denoiser_heads = 16
   c.autoselect.noise_scale = "unit"   # "unit" (paper) or "std" (feature std).
   c.autoselect.position_policy = "original"  # or "packed" (eval/export).
+  # Training ablations (docs/method.md, "Ablation switches"); the defaults
+  # are the paper's method.
+  c.autoselect.gate = "vp"            # or "scale" (alpha x), "gumbel_ste".
+  c.autoselect.noise = True           # False: eps = 0 (vp: sqrt(alpha) x).
+  c.autoselect.denoiser = "diagonal"  # or "global" attention, "none".
 
   c.tau = ml_collections.ConfigDict()
   c.tau.start, c.tau.end, c.tau.steps = 2.0, 0.1, 2000

@@ -11,6 +11,9 @@ import os
 
 import ml_collections
 
+from autoselect_jax.method.gate import GATES
+from autoselect_jax.method.modules import DENOISER_ATTENTIONS
+
 
 class ConfigError(ValueError):
   """An impossible config value; `field` is its dotted key (e.g. 'tau.steps')."""
@@ -102,9 +105,16 @@ def _check_method(ch: Checker, c) -> None:
             "positive")
   ch.one_of("autoselect.noise_scale", ("unit", "std"))
   ch.one_of("autoselect.position_policy", ("original", "packed"))
+  ch.one_of("autoselect.gate", GATES)
+  ch.need(isinstance(c.autoselect.noise, bool), "autoselect.noise",
+          "must be True or False")
+  ch.one_of("autoselect.denoiser", DENOISER_ATTENTIONS + ("none",))
   ch.int_at_least("autoselect.scorer_layers", 1)
   ch.int_at_least("autoselect.scorer_width", 0)
   ch.int_at_least("autoselect.scorer_heads", 1)
+  width, heads = c.autoselect.scorer_width, c.autoselect.scorer_heads
+  ch.need(width == 0 or width % heads == 0, "autoselect.scorer_width",
+          f"is not divisible by autoselect.scorer_heads={heads}")
   ch.int_at_least("autoselect.scorer_mlp_ratio", 1)
   ch.int_at_least("autoselect.denoiser_heads", 1)
   ch.one_of("model.dtype", ("float32", "bfloat16"))

@@ -1,4 +1,6 @@
-"""What the training loop optimises: AutoSelect's losses, built from a config."""
+"""What the training loop optimises: AutoSelect's losses, built from a config
+(the paper's method, or one of its training ablations: autoselect.gate,
+autoselect.noise, autoselect.denoiser)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ class Objective:
     a = c.autoselect
     scorer = Scorer(num_layers=a.scorer_layers, width=a.scorer_width or None,
                     num_heads=a.scorer_heads, mlp_ratio=a.scorer_mlp_ratio)
-    denoiser = Denoiser(num_heads=a.denoiser_heads)
+    denoiser = (None if a.denoiser == "none" else
+                Denoiser(num_heads=a.denoiser_heads, attention=a.denoiser))
     noise = None if a.noise_scale == "unit" else a.noise_scale
     return cls(AutoSelect(vlm, scorer, denoiser, noise_scale=noise,
-                          position_policy=a.position_policy))
+                          position_policy=a.position_policy, gate=a.gate,
+                          noise=a.noise))
 
   def init(self, rng):
     return self.method.init(rng)
