@@ -88,8 +88,9 @@ def test_pretrain_writes_checkpoint_then_hits_cache(tmp_path):
       SMALL).encode("caption en", caption)
   stamp = os.path.getmtime(os.path.join(ckpt, store.CONFIG_FILE))
   logs.clear()
-  assert pretrain.pretrain_vlm(str(tmp_path), steps=3, variant=SMALL,
-                               spec=SPEC, log=logs.append) == ckpt
+  assert pretrain.pretrain_vlm(str(tmp_path), steps=3, batch_size=4,
+                               num_train=8, variant=SMALL, spec=SPEC,
+                               log=logs.append) == ckpt
   assert len(logs) == 1 and "cache hit" in logs[0]
   assert os.path.getmtime(os.path.join(ckpt, store.CONFIG_FILE)) == stamp
 
