@@ -76,6 +76,14 @@ class Benchmark:
   key_field: str = "question_id"
   headline: str = "accuracy"
   max_new_tokens: int = 10
+  # The default prompt template and the fields it may use; a benchmark with
+  # other constructor arguments defines its own __init__.
+  prompt_template: str = ""
+  prompt_fields: tuple = ("question",)
+
+  def __init__(self, prompt: Optional[str] = None):
+    self.prompt = check_prompt(prompt or self.prompt_template,
+                               **{f: "" for f in self.prompt_fields})
 
   def load(self, data: str, images: Optional[str] = None,
            limit: Optional[int] = None) -> list[Example]:
@@ -194,6 +202,16 @@ def check_prompt(prompt: str, **fields) -> str:
     raise ValueError(f"prompt template {prompt!r} does not format with the "
                      f"fields {sorted(fields)}: {e!r}") from None
   return prompt
+
+
+def file_in(data: Optional[str], name: str, benchmark: str, what: str) -> str:
+  """`data` if it is a file, or `data/name` if `data` is a folder; errors
+  name the benchmark, the path and `what` was expected."""
+  if not data:
+    raise ValueError(f"{benchmark} needs --data: {name} or its folder")
+  if os.path.isdir(data):
+    data = os.path.join(data, name)
+  return require_file(data, what)
 
 
 def images_dir(images: Optional[str], candidates: Sequence[str],

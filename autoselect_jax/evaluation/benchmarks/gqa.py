@@ -34,9 +34,9 @@ import collections
 import os
 from typing import Mapping, Optional, Sequence
 
-from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
+from autoselect_jax.evaluation.benchmark import (Benchmark, Example, file_in,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_beside,
+                                                 images_beside,
                                                  percent, read_json,
                                                  read_jsonl_predictions,
                                                  require_file)
@@ -53,12 +53,8 @@ def normalize(prediction: str) -> str:
 
 
 def questions_path(data: Optional[str]) -> str:
-  if not data:
-    raise ValueError(f"gqa needs --data: {QUESTIONS_FILE} or its folder")
-  if os.path.isdir(data):
-    data = os.path.join(data, QUESTIONS_FILE)
-  return require_file(data, f"GQA's {QUESTIONS_FILE} (a JSON object of "
-                      "questions by id)")
+  return file_in(data, QUESTIONS_FILE, "gqa", f"GQA's {QUESTIONS_FILE} (a "
+                 "JSON object of questions by id)")
 
 
 def parse_questions(raw, path: str) -> list[tuple[str, dict]]:
@@ -108,8 +104,7 @@ class GQA(Benchmark):
   headline = "accuracy"
   max_new_tokens = 10  # Gold answers are one to three words.
 
-  def __init__(self, prompt: str = PROMPT):
-    self.prompt = check_prompt(prompt, question="")
+  prompt_template = PROMPT
 
   def load(self, data: Optional[str] = None, images: Optional[str] = None,
            limit: Optional[int] = None) -> list[Example]:

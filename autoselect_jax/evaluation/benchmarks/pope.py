@@ -37,7 +37,7 @@ from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_beside,
+                                                 images_beside,
                                                  json_lines, percent,
                                                  require_file)
 
@@ -113,8 +113,7 @@ class POPE(Benchmark):
   headline = "f1"
   max_new_tokens = 8  # "yes" / "no"; room for a short sentence.
 
-  def __init__(self, prompt: str = PROMPT):
-    self.prompt = check_prompt(prompt, question="")
+  prompt_template = PROMPT
 
   def load(self, data: Optional[str] = None, images: Optional[str] = None,
            limit: Optional[int] = None) -> list[Example]:

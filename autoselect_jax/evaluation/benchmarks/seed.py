@@ -33,7 +33,7 @@ import json
 import os
 from typing import Mapping, Optional, Sequence
 
-from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
+from autoselect_jax.evaluation.benchmark import (Benchmark, Example, file_in,
                                                  check_limit, images_dir,
                                                  percent, read_json,
                                                  read_jsonl_predictions,
@@ -50,12 +50,9 @@ REQUIRED = ("question_id", "question", "answer", "data_id", "data_type",
 
 
 def questions_path(data: Optional[str]) -> str:
-  if not data:
-    raise ValueError(f"seed needs --data: {QUESTIONS_FILE} or its folder")
-  if os.path.isdir(data):
-    data = os.path.join(data, QUESTIONS_FILE)
-  return require_file(data, f"SEED-Bench's {QUESTIONS_FILE} ({{'questions': "
-                      "[...], 'question_type': {...}})")
+  return file_in(data, QUESTIONS_FILE, "seed", f"SEED-Bench's "
+                 f"{QUESTIONS_FILE} ({{'questions': [...], 'question_type': "
+                 "{...}})")
 
 
 def parse(raw, path: str) -> tuple[list[dict], dict]:

@@ -31,11 +31,10 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional, Sequence
 
-from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
+from autoselect_jax.evaluation.benchmark import (Benchmark, Example, file_in,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_beside,
-                                                 percent, read_json,
-                                                 require_file)
+                                                 images_beside,
+                                                 percent, read_json)
 from autoselect_jax.evaluation.benchmarks import vqa_eval
 
 PROMPT = "answer en {question}"
@@ -44,12 +43,8 @@ IMAGES_DIR = "train_images"
 
 
 def val_path(data: Optional[str]) -> str:
-  if not data:
-    raise ValueError(f"textvqa needs --data: {VAL_FILE} or its folder")
-  if os.path.isdir(data):
-    data = os.path.join(data, VAL_FILE)
-  return require_file(data, f"TextVQA's {VAL_FILE} (a JSON object with a "
-                      "'data' list)")
+  return file_in(data, VAL_FILE, "textvqa", f"TextVQA's {VAL_FILE} (a JSON "
+                 "object with a 'data' list)")
 
 
 def parse_val(raw, path: str) -> list[dict]:
@@ -81,8 +76,7 @@ class TextVQA(Benchmark):
   headline = "accuracy"
   max_new_tokens = 16  # Answers copy scene text: names, numbers, phrases.
 
-  def __init__(self, prompt: str = PROMPT):
-    self.prompt = check_prompt(prompt, question="")
+  prompt_template = PROMPT
 
   def load(self, data: Optional[str] = None, images: Optional[str] = None,
            limit: Optional[int] = None) -> list[Example]:

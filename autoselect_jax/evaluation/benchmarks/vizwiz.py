@@ -40,7 +40,7 @@ from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_beside,
+                                                 images_beside,
                                                  percent, read_json)
 from autoselect_jax.evaluation.benchmarks import vqa_eval
 
@@ -111,8 +111,7 @@ class VizWiz(Benchmark):
   headline = "accuracy"
   max_new_tokens = 16  # Mostly short; some answers are read-out text.
 
-  def __init__(self, prompt: str = PROMPT):
-    self.prompt = check_prompt(prompt, question="")
+  prompt_template = PROMPT
 
   def load(self, data: Optional[str] = None, images: Optional[str] = None,
            limit: Optional[int] = None) -> list[Example]:

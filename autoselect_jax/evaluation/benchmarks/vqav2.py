@@ -37,7 +37,7 @@ from typing import Mapping, Optional, Sequence
 
 from autoselect_jax.evaluation.benchmark import (Benchmark, Example,
                                                  check_answers, check_limit,
-                                                 check_prompt, images_beside,
+                                                 images_beside,
                                                  percent, read_json,
                                                  require_dir)
 from autoselect_jax.evaluation.benchmarks import vqa_eval
@@ -100,8 +100,7 @@ class VQAv2(Benchmark):
   headline = "accuracy"
   max_new_tokens = 10  # Human answers are one to three words.
 
-  def __init__(self, prompt: str = PROMPT):
-    self.prompt = check_prompt(prompt, question="")
+  prompt_template = PROMPT
 
   def load(self, data: Optional[str] = None, images: Optional[str] = None,
            limit: Optional[int] = None) -> list[Example]:
