@@ -121,29 +121,51 @@ def test_eight_devices_give_the_predictions_of_one(hf_mqa, tmp_path):
   assert strip(_predictions(eight)) == strip(_predictions(one))
 
 
+# Run in the child: the loader of the 5th batch (prefetched while the 4th is
+# generated) signals through a file and blocks, so the SIGKILL lands mid-run
+# on any machine, however fast, with 6 to 8 of the 24 answers written.
+_BLOCK_FIFTH_BATCH = """
+import os, sys, threading
+from autoselect_jax import evaluate
+from autoselect_jax.evaluation import runner
+load, calls = runner._load_batch, []
+def blocking(examples, size):
+  calls.append(1)
+  if len(calls) == 5:
+    open(os.environ["AUTOSELECT_TEST_MARKER"], "w").close()
+    threading.Event().wait()
+  return load(examples, size)
+runner._load_batch = blocking
+sys.exit(evaluate.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(hf_mqa, tmp_path):
   ckpt = hf_mqa[3]
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
   data = "seed=5,count=24"
   assert evaluate.main(_args(ckpt, whole, "random", data, batch=2)) == 0
-  cmd = [sys.executable, "-m", "autoselect_jax.evaluate",
-         *_args(ckpt, killed, "random", data, batch=2)]
-  proc = subprocess.Popen(cmd, env=_env(1), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  args = _args(ckpt, killed, "random", data, batch=2)
+  marker = str(tmp_path / "blocked")
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _BLOCK_FIFTH_BATCH, *args],
+      env={**_env(1), "AUTOSELECT_TEST_MARKER": marker},
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   path = os.path.join(killed, runner.PREDICTIONS_FILE)
   deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and open(path).read().count("\n") >= 4:
-      break
+  while not os.path.exists(marker):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, "the child never reached its 5th batch"
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   done = open(path).read().count("\n")
-  assert 4 <= done < 24, "the kill must land mid-run"
+  assert 6 <= done <= 8, done
   assert not os.path.exists(os.path.join(killed, runner.METRICS_FILE))
-  resumed = subprocess.run(cmd, env=_env(1), capture_output=True, text=True,
-                           timeout=600)
+  resumed = subprocess.run(
+      [sys.executable, "-m", "autoselect_jax.evaluate", *args], env=_env(1),
+      capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert _predictions(killed) == _predictions(whole)
   assert json.load(open(os.path.join(killed, runner.METRICS_FILE))) == \
