@@ -48,6 +48,9 @@ def get_config():
   d = c.demo = ml_collections.ConfigDict()
   d.variant = "demo"      # The frozen VLM's architecture (models/config.py).
   d.data_seed = 0
+  d.min_distractors = 0   # Unnamed achromatic shapes (the harder variant).
+  d.max_distractors = 0
+  d.frozen_workdir = ""   # "" = the run's workdir holds frozen_vlm/.
   d.num_train = 24_000
   d.num_eval = 500        # Held-out images for the final table.
   d.num_val = 256         # Validation loss during training.

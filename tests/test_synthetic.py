@@ -130,3 +130,61 @@ def test_write_split(tmp_path):
     assert row["object_cells"] == ex.object_cells.tolist()
     np.testing.assert_array_equal(np.asarray(Image.open(row["image"])),
                                   ex.image)
+
+
+HARD = synthetic.TaskSpec(min_distractors=2, max_distractors=5)
+
+
+def test_distractors_leave_the_objects_and_the_caption_unchanged():
+  """The harder variant draws its distractors last: the same (seed, index)
+  keeps its objects, caption, background and noise."""
+  counts = set()
+  for i in range(40):
+    easy = synthetic.sample_scene(3, i)
+    hard = synthetic.sample_scene(3, i, HARD)
+    assert easy.distractors == ()
+    assert hard.objects == easy.objects
+    assert synthetic.caption(hard) == synthetic.caption(easy)
+    np.testing.assert_array_equal(synthetic.render(hard, with_objects=False),
+                                  synthetic.render(easy, with_objects=False))
+    cells = synthetic.distractor_cells(hard)
+    counts.add(len(cells))
+    assert not set(cells) & set(synthetic.object_cells(hard))
+    assert len(set(cells)) == len(cells)
+    for d in hard.distractors:  # Unnamed colours; nothing in the caption.
+      assert d.colour in synthetic.DISTRACTOR_COLOURS and d.quadrant == -1
+      assert d.colour not in synthetic.WORDS
+  assert counts == {2, 3, 4, 5}
+
+
+def test_distractor_pixels_are_drawn_and_achromatic():
+  hard = synthetic.sample_scene(5, 1, HARD)
+  plain = synthetic.render(hard, with_objects=False).astype(int)
+  img = synthetic.render(hard).astype(int)
+  s = HARD.image_size
+  for d in hard.distractors:
+    inside = synthetic.shape_mask(d, s)
+    diff = np.abs(img[inside] - plain[inside]).mean()
+    assert diff > 40, (d, diff)  # Far from the background it covers.
+    colour = np.asarray(synthetic.DISTRACTOR_COLOURS[d.colour])
+    # Painted colour plus the image's pixel noise (std 10), then clipped.
+    assert np.abs(img[inside] - colour).mean() < 15
+  ex = synthetic.make_example(5, 1, HARD)
+  np.testing.assert_array_equal(ex.distractor_cells,
+                                synthetic.distractor_cells(hard))
+
+
+def test_distractor_spec_is_checked():
+  with pytest.raises(ValueError, match="max_distractors=61"):
+    synthetic.TaskSpec(max_distractors=61).validate()
+  with pytest.raises(ValueError, match="min_distractors=3"):
+    synthetic.TaskSpec(min_distractors=3, max_distractors=2).validate()
+
+
+def test_source_renders_its_task():
+  src = synthetic.SyntheticSource(3, 10, 4, spec=HARD)
+  np.testing.assert_array_equal(src[2]["image"],
+                                synthetic.make_example(3, 12, HARD).image)
+  assert "max_distractors=5" in repr(src)
+  assert repr(synthetic.SyntheticSource(3, 10, 4)) == (
+      "SyntheticSource(seed=3, start=10, n=4)")

@@ -124,7 +124,8 @@ def diagnose(ckpt: str, *, num_eval: int = 500, ks: Sequence[int] = (4, 8, 16),
              data_seed: int = 0, attention_examples: int = 200) -> dict:
   vlm, params, processor = pretrain.load_frozen(ckpt)
   arrays = demo_data.encode_examples(
-      demo_data.eval_examples(num_eval, data_seed), processor)
+      demo_data.eval_examples(num_eval, data_seed, pretrain.task_of(ckpt)),
+      processor)
   types = word_types(arrays["tokens"], processor)
   n = vlm.num_visual_tokens
   acc = {"full": token_accuracy(vlm, params, arrays, demo_eval.full_selection,

@@ -105,14 +105,16 @@ def selection_logits(vlm: VLM, params, features, idx, tokens, input_mask,
   return vlm.logits(params, seq.text_predictors(hidden, tokens.shape[1]))
 
 
-@functools.partial(jax.jit, static_argnames=("vlm", "select_fn", "k"))
-def _match_batch(vlm: VLM, params, batch, rng, ctx, *, select_fn, k):
+@functools.partial(jax.jit,
+                   static_argnames=("vlm", "select_fn", "k", "policy"))
+def _match_batch(vlm: VLM, params, batch, rng, ctx, *, select_fn, k,
+                 policy="original"):
   """bool (B,): every target token is the argmax given the true history."""
   features, attention = vlm.encode_image(
       params, demo_data.scale_images(batch["images"]), last_attention=True)
   idx = select_fn(features, rng, k, {**ctx, "attention": attention})
   logits = selection_logits(vlm, params, features, idx, batch["tokens"],
-                            batch["input_mask"], batch["mask_ar"])
+                            batch["input_mask"], batch["mask_ar"], policy)
   ok = (jnp.argmax(logits, axis=-1) == batch["tokens"]) | ~batch["loss_mask"]
   return jnp.all(ok, axis=1), idx
 
@@ -129,8 +131,12 @@ def _check_indices(idx: np.ndarray, b: int, k: int, n: int) -> None:
 def exact_match(vlm: VLM, params, arrays: Mapping[str, np.ndarray],
                 select_fn: SelectFn, k: int | None = None, *,
                 batch_size: int = 250, seed: int = 0,
-                context: Mapping[str, Any] | None = None) -> np.ndarray:
-  """bool (num_examples,) exact match over `encode_examples` arrays."""
+                context: Mapping[str, Any] | None = None,
+                policy: str = "original") -> np.ndarray:
+  """bool (num_examples,) exact match over `encode_examples` arrays.
+
+  policy: the kept tokens' positions (`original` or `packed`, docs/method.md).
+  """
   n = vlm.num_visual_tokens
   k = n if k is None else int(k)
   if not 0 < k <= n:
@@ -147,7 +153,7 @@ def exact_match(vlm: VLM, params, arrays: Mapping[str, np.ndarray],
     batch = {key: arrays[key][take] for key in keys}
     ctx = {"object_mask": arrays["object_mask"][take], **(context or {})}
     match, idx = _match_batch(vlm, params, batch, jax.random.fold_in(rng, i),
-                              ctx, select_fn=select_fn, k=k)
+                              ctx, select_fn=select_fn, k=k, policy=policy)
     if i == 0:
       _check_indices(np.asarray(idx), batch_size, k, n)
     out.append(np.asarray(match)[:stop - start])
@@ -175,13 +181,15 @@ BASELINES: dict[str, SelectFn] = {
 def selection_table(vlm: VLM, params, processor: Processor,
                     examples: Sequence[synthetic.Example], ks: Sequence[int],
                     methods: Mapping[str, SelectFn | tuple] | None = None, *,
-                    batch_size: int = 250, seed: int = 0, progress=None
+                    batch_size: int = 250, seed: int = 0, progress=None,
+                    policy: str = "original"
                     ) -> dict[str, dict[int, float]]:
   """{"full": {k: acc}, method: {k: acc}} for every k in ks.
 
   methods: name -> select_fn or (select_fn, context); default BASELINES.
   The full model (all N tokens) is evaluated once and repeated per k.
-  progress: the progress bar's stream (default stderr).
+  progress: the progress bar's stream (default stderr). policy: the kept
+  tokens' positions (the full model's are the grid's either way).
   """
   arrays = demo_data.encode_examples(examples, processor)
   methods = BASELINES if methods is None else methods
@@ -191,11 +199,13 @@ def selection_table(vlm: VLM, params, processor: Processor,
   def run(fn, k, ctx=None):
     out = float(exact_match(vlm, params, arrays, fn, k,
                             batch_size=batch_size, seed=seed,
-                            context=ctx).mean())
+                            context=ctx, policy=policy).mean())
     bar.update()
     return out
 
-  full = run(full_selection, None)
+  full = float(exact_match(vlm, params, arrays, full_selection, None,
+                           batch_size=batch_size, seed=seed).mean())
+  bar.update()
   table = {"full": {k: full for k in ks}}
   for name, method in methods.items():
     fn, ctx = method if isinstance(method, tuple) else (method, None)

@@ -155,7 +155,8 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
   if os.path.exists(os.path.join(ckpt, store.CONFIG_FILE)):
     _check_cached(ckpt, dict(variant=name, steps=steps,
                              batch_size=batch_size, seed=seed,
-                             data_seed=data_seed, num_train=num_train, lr=lr))
+                             data_seed=data_seed, num_train=num_train, lr=lr,
+                             task=dataclasses.asdict(spec)))
     log(f"pretrain: cache hit, using the frozen VLM in {ckpt}")
     return ckpt
   if steps < 1 or batch_size < 1 or num_train < 1:
@@ -238,6 +239,20 @@ def _check_cached(ckpt: str, asked: dict) -> None:
                      f"settings ({parts}); use another workdir or delete it")
 
 
+def task_of(ckpt: str) -> synthetic.TaskSpec:
+  """The task a frozen VLM folder was pre-trained on (its metadata; the
+  default task for a folder without it)."""
+  path = os.path.join(ckpt, META_FILE)
+  if not os.path.exists(path):
+    return synthetic.TaskSpec()
+  with open(path) as f:
+    task = json.load(f).get("task", {})
+  try:
+    return synthetic.TaskSpec(**task).validate()
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{path}: bad task {task}: {e}") from None
+
+
 def load_frozen(ckpt: str):
   """(VLM, params, Processor) of a checkpoint folder."""
   config = store.load_config(ckpt)
@@ -256,16 +271,20 @@ def main(argv=None) -> int:
   p.add_argument("--data_seed", type=int, default=0)
   p.add_argument("--num_eval", type=int, default=500)
   p.add_argument("--ks", default="4,8,16")
+  p.add_argument("--max_distractors", type=int, default=0,
+                 help="unnamed shapes per image (the harder task), 0 to N")
   a = p.parse_args(argv)
   ks = [int(k) for k in a.ks.split(",")]
   t0 = time.time()
+  spec = synthetic.TaskSpec(max_distractors=a.max_distractors).validate()
   ckpt = pretrain_vlm(a.workdir, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, num_train=a.num_train, seed=a.seed,
-                      data_seed=a.data_seed)
+                      data_seed=a.data_seed, spec=spec)
   vlm, params, processor = load_frozen(ckpt)
   t1 = time.time()
   table = demo_eval.selection_table(
-      vlm, params, processor, demo_data.eval_examples(a.num_eval, a.data_seed),
+      vlm, params, processor,
+      demo_data.eval_examples(a.num_eval, a.data_seed, spec),
       ks, seed=a.seed)
   print(f"\nCaption exact match, {a.num_eval} held-out images "
         f"(evaluation {time.time() - t1:.1f}s, total {time.time() - t0:.1f}s):")

@@ -30,6 +30,23 @@ def _budgets(c: ml_collections.ConfigDict) -> list[int]:
                       "like '4,8,16'", "demo.budgets") from None
 
 
+def task_spec(c: ml_collections.ConfigDict) -> synthetic.TaskSpec:
+  """The task of `demo.*` (distractors: the harder variant)."""
+  d = c.demo
+  try:
+    return synthetic.TaskSpec(min_distractors=d.min_distractors,
+                              max_distractors=d.max_distractors).validate()
+  except ValueError as e:
+    raise ConfigError(f"demo.max_distractors={d.max_distractors}: {e}",
+                      "demo.max_distractors") from None
+
+
+def pretrain_dir(c: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the frozen VLM lives: `demo.frozen_workdir` (shared by several
+  runs, e.g. the experiment's variants) or the run's own workdir."""
+  return c.demo.frozen_workdir or workdir
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """The demo's fields; runs with the training checks, before pre-training."""
   ch = Checker(c)
@@ -49,6 +66,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       "demo.variant") from None
   ch.need(all(1 <= k <= n for k in _budgets(c)), "demo.budgets",
           f"must lie in [1, {n}] (the demo VLM's visual tokens)")
+  task_spec(c)
 
 
 def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
@@ -56,16 +74,17 @@ def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
   d = c.demo
   log = print if jax.process_index() == 0 else (lambda *_: None)
   return pretrain.pretrain_vlm(
-      workdir, steps=d.pretrain_steps, batch_size=d.pretrain_batch_size,
+      pretrain_dir(c, workdir), steps=d.pretrain_steps, batch_size=d.pretrain_batch_size,
       seed=d.pretrain_seed, data_seed=d.data_seed, num_train=d.num_train,
-      lr=d.pretrain_lr, variant=d.variant, log=log)
+      lr=d.pretrain_lr, variant=d.variant, spec=task_spec(c), log=log)
 
 
 def sources(c: ml_collections.ConfigDict):
   d = c.demo
-  train = SyntheticSource(d.data_seed, 0, d.num_train, c.data.prompt)
+  spec = task_spec(c)
+  train = SyntheticSource(d.data_seed, 0, d.num_train, c.data.prompt, spec)
   val = SyntheticSource(d.data_seed, demo_data.EVAL_START + d.num_eval,
-                        d.num_val, c.data.prompt)
+                        d.num_val, c.data.prompt, spec)
   return train, val
 
 
@@ -81,7 +100,7 @@ def report(c: ml_collections.ConfigDict, workdir: str, result: dict) -> dict:
       lambda feats, ctx: obj.scores(ctx["autoselect"], feats))
   methods = {"AutoSelect": (autoselect, {"autoselect": params}),
              **demo_eval.BASELINES}
-  examples = demo_data.eval_examples(d.num_eval, d.data_seed)
+  examples = demo_data.eval_examples(d.num_eval, d.data_seed, task_spec(c))
   table = demo_eval.selection_table(vlm, frozen, setup.processor, examples,
                                     ks, methods, seed=c.seed)
   kept = kept_tokens(obj, vlm, frozen, params, examples[:NUM_KEPT_SHOWN], ks)

@@ -7,6 +7,11 @@ random patch cell of its quadrant (8x8 px cells -> an 8x8 grid = 64 visual
 tokens) with +-0.5 px jitter, so one object is about one visual token: a model
 that sees the right few tokens can caption the image, random tokens cannot.
 
+With `max_distractors` > 0 (the harder variant) the image also holds up to
+that many achromatic shapes (white, black) in cells of their own, which the
+caption never mentions: they stand out as much as the objects, so salience
+(feature norm, diversity, attention) no longer tells which tokens matter.
+
 Caption: the objects in quadrant order (top left, top right, bottom left,
 bottom right), each as "colour shape quadrant", joined by "and", e.g.
 "red triangle top left and blue circle bottom right".
@@ -35,6 +40,9 @@ COLOURS = {  # name -> RGB; saturated, far from the greyish background.
     "purple": (165, 40, 205),
     "cyan": (30, 205, 215),
 }
+# Distractor colours: never named, as salient against the background as the
+# objects' colours.
+DISTRACTOR_COLOURS = {"white": (245, 245, 245), "black": (15, 15, 15)}
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 PROMPT = "caption en"
 # Every word a caption or the prompt can hold (the demo tokenizer's corpus).
@@ -53,6 +61,8 @@ class TaskSpec:
   max_size: float = 8.0
   jitter: float = 0.5     # Max offset of a shape's centre from its cell's.
   noise_std: float = 10.0
+  min_distractors: int = 0  # Unnamed achromatic shapes, any free cell.
+  max_distractors: int = 0
 
   @property
   def grid(self) -> int:
@@ -71,6 +81,12 @@ class TaskSpec:
                        f"<= max_objects={self.max_objects} <= 4")
     if not 0 < self.min_size <= self.max_size:
       raise ValueError("TaskSpec: need 0 < min_size <= max_size")
+    if not 0 <= self.min_distractors <= self.max_distractors <= (
+        self.num_tokens - self.max_objects):
+      raise ValueError(
+          f"TaskSpec: need 0 <= min_distractors={self.min_distractors} <= "
+          f"max_distractors={self.max_distractors} <= the "
+          f"{self.num_tokens - self.max_objects} cells objects leave free")
     return self
 
 
@@ -92,6 +108,7 @@ class Scene:
   base: tuple[float, float, float]         # Background mean colour.
   noise_seed: int
   objects: tuple[Obj, ...]                 # In quadrant order.
+  distractors: tuple[Obj, ...] = ()        # Unnamed; quadrant -1.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +117,8 @@ class Example:
   caption: str
   object_cells: np.ndarray  # int32 (num_objects,), token indices, ascending.
   index: int = -1
+  distractor_cells: np.ndarray = dataclasses.field(  # int32, ascending.
+      default_factory=lambda: np.zeros(0, np.int32))
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:
@@ -135,9 +154,27 @@ def sample_scene(seed: int, index: int, spec: TaskSpec = TaskSpec()) -> Scene:
         quadrant=int(q), cell=(row, col),
         centre=((row + 0.5) * p + dy, (col + 0.5) * p + dx),
         size=float(rng.uniform(spec.min_size, spec.max_size))))
+  noise_seed = int(rng.integers(2 ** 31))
+  # Drawn last, so scenes without distractors are those of earlier versions.
+  distractors = []
+  if spec.max_distractors:
+    num = int(rng.integers(spec.min_distractors, spec.max_distractors + 1))
+    taken = {o.cell[0] * spec.grid + o.cell[1] for o in objects}
+    free = [c for c in range(spec.num_tokens) if c not in taken]
+    for c in np.sort(rng.choice(free, num, replace=False)):
+      row, col = divmod(int(c), spec.grid)
+      dy, dx = rng.uniform(-spec.jitter, spec.jitter, 2)
+      p = spec.patch_size
+      distractors.append(Obj(
+          shape=SHAPES[rng.integers(len(SHAPES))],
+          colour=list(DISTRACTOR_COLOURS)[rng.integers(
+              len(DISTRACTOR_COLOURS))],
+          quadrant=-1, cell=(row, col),
+          centre=((row + 0.5) * p + dy, (col + 0.5) * p + dx),
+          size=float(rng.uniform(spec.min_size, spec.max_size))))
   return Scene(spec, tuple(tuple(float(v) for v in g) for g in gratings),
-               tuple(float(v) for v in base), int(rng.integers(2 ** 31)),
-               tuple(objects))
+               tuple(float(v) for v in base), noise_seed, tuple(objects),
+               tuple(distractors))
 
 
 def shape_mask(obj: Obj, image_size: int) -> np.ndarray:
@@ -165,7 +202,8 @@ def _pixel_centres(image_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render(scene: Scene, with_objects: bool = True) -> np.ndarray:
-  """uint8 (S, S, 3). `with_objects=False`: the same background, noise included."""
+  """uint8 (S, S, 3). `with_objects=False`: the same background, noise
+  included, without objects or distractors."""
   s = scene.spec.image_size
   y, x = _pixel_centres(s)
   img = np.empty((s, s, 3), np.float32)
@@ -176,6 +214,8 @@ def render(scene: Scene, with_objects: bool = True) -> np.ndarray:
     wave = np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b)
     img += wave[..., None] * np.asarray(tint, np.float32)
   if with_objects:
+    for obj in scene.distractors:
+      img[shape_mask(obj, s)] = DISTRACTOR_COLOURS[obj.colour]
     for obj in scene.objects:
       img[shape_mask(obj, s)] = COLOURS[obj.colour]
   img += np.random.default_rng(scene.noise_seed).standard_normal(
@@ -190,14 +230,23 @@ def caption(scene: Scene) -> str:
 
 def object_cells(scene: Scene) -> np.ndarray:
   """int32 (num_objects,): token index row * grid + col of each object, ascending."""
-  g = scene.spec.grid
-  return np.sort(np.asarray([r * g + c for r, c in
-                             (o.cell for o in scene.objects)], np.int32))
+  return _cells(scene.objects, scene.spec.grid)
+
+
+def distractor_cells(scene: Scene) -> np.ndarray:
+  """int32 (num_distractors,): token indices of the distractors, ascending."""
+  return _cells(scene.distractors, scene.spec.grid)
+
+
+def _cells(objs: Sequence[Obj], grid: int) -> np.ndarray:
+  return np.sort(np.asarray([r * grid + c for r, c in (o.cell for o in objs)],
+                            np.int32))
 
 
 def make_example(seed: int, index: int, spec: TaskSpec = TaskSpec()) -> Example:
   scene = sample_scene(seed, index, spec)
-  return Example(render(scene), caption(scene), object_cells(scene), index)
+  return Example(render(scene), caption(scene), object_cells(scene), index,
+                 distractor_cells(scene))
 
 
 def make_examples(seed: int, indices: Iterable[int],
@@ -241,20 +290,24 @@ class SyntheticSource:
   """Examples [start, start + n) of the stream `seed`, rendered on access, as
   a Grain random-access source (so it shuffles and shards like files)."""
 
-  def __init__(self, seed: int, start: int, n: int, prompt: str = PROMPT):
+  def __init__(self, seed: int, start: int, n: int, prompt: str = PROMPT,
+               spec: TaskSpec = TaskSpec()):
     if seed < 0 or start < 0 or n < 1:
       raise ValueError(f"SyntheticSource: need seed={seed} >= 0, "
                        f"start={start} >= 0 and n={n} >= 1")
     self.seed, self.start, self.n, self.prompt = seed, start, n, prompt
+    self.spec = spec.validate()
 
   def __len__(self) -> int:
     return self.n
 
   def __repr__(self) -> str:  # Part of the checkpointed iterator state.
-    return f"SyntheticSource(seed={self.seed}, start={self.start}, n={self.n})"
+    extra = ("" if self.spec == TaskSpec() else f", spec={self.spec}")
+    return (f"SyntheticSource(seed={self.seed}, start={self.start}, "
+            f"n={self.n}{extra})")
 
   def __getitem__(self, i: int) -> dict:
     if not 0 <= i < self.n:
       raise IndexError(i)
-    ex = make_example(self.seed, self.start + i)
+    ex = make_example(self.seed, self.start + i, self.spec)
     return {"image": ex.image, "prefix": self.prompt, "suffix": ex.caption}

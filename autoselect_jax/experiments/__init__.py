@@ -1,0 +1,1 @@
+"""Experiments built on the training system and the demo (docs/experiments.md)."""

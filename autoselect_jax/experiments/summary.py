@@ -1,0 +1,115 @@
+"""Mean and spread over seeds of per-seed tables; Markdown, JSON and plots.
+
+A per-seed table is {method: {K (str): exact match}} (keys starting with "_"
+are bookkeeping). The spread is the sample standard deviation over seeds (0
+with one seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import numpy as np
+
+# Row order: the full model, AutoSelect and its variants, then the
+# training-free baselines.
+BASELINE_ORDER = ("oracle", "random", "grid", "norm", "attention", "divprune")
+
+
+def aggregate(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]]
+              ) -> dict:
+  """{method: {K: {"mean", "std", "n", "values"}}} over the seeds that have
+  the method (every seed must have measured the same K)."""
+  methods: dict[str, dict[str, list]] = {}
+  for table in per_seed.values():
+    for m, row in table.items():
+      if m.startswith("_"):
+        continue
+      for k, v in row.items():
+        methods.setdefault(m, {}).setdefault(str(k), []).append(float(v))
+  out = {}
+  for m, row in methods.items():
+    out[m] = {}
+    for k, vals in sorted(row.items(), key=lambda kv: int(kv[0])):
+      a = np.asarray(vals)
+      out[m][k] = {"mean": float(a.mean()),
+                   "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                   "n": int(a.size), "values": vals}
+  return out
+
+
+def ordered(methods) -> list[str]:
+  names = list(methods)
+  first = [m for m in ("full", "AutoSelect") if m in names]
+  base = [m for m in BASELINE_ORDER if m in names]
+  rest = [m for m in names if m not in first and m not in base]
+  return first + rest + base
+
+
+def markdown(agg: Mapping[str, Mapping[str, Mapping]], title: str) -> str:
+  """A table of mean +- std per method and K, and AutoSelect's retention
+  (its mean over the full model's mean)."""
+  ks = sorted({k for row in agg.values() for k in row}, key=int)
+  n = max(c["n"] for row in agg.values() for c in row.values())
+  lines = [f"**{title}** (caption exact match, mean ± std over {n} "
+           f"seed{'s' if n > 1 else ''})", "",
+           "| method | " + " | ".join(f"K={k}" for k in ks) + " |",
+           "|---|" + "---|" * len(ks)]
+  for m in ordered(agg):
+    cells = []
+    for k in ks:
+      c = agg[m].get(k)
+      if c is None and m == "full":  # Measured once, the same at every K.
+        c = next(iter(agg[m].values()))
+      cells.append("" if c is None else f"{c['mean']:.3f} ± {c['std']:.3f}")
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  if "full" in agg and "AutoSelect" in agg:
+    full = next(iter(agg["full"].values()))["mean"]
+    ret = [f"{agg['AutoSelect'][k]['mean'] / full:.1%}"
+           if k in agg["AutoSelect"] and full > 0 else "" for k in ks]
+    lines.append("| AutoSelect / full | " + " | ".join(ret) + " |")
+  return "\n".join(lines)
+
+
+def write(out: str, tables: Mapping[str, Mapping[int, Mapping]],
+          settings: Mapping, seconds: float) -> dict:
+  """Writes out/results.json, out/results.md and the plots per task;
+  returns {"markdown": path, "json": path, "figures": [paths]}."""
+  from autoselect_jax.figures.plots import plot_accuracy_vs_k
+  os.makedirs(out, exist_ok=True)
+  result = {"settings": dict(settings), "seconds": round(seconds, 1),
+            "tasks": {}}
+  parts, figures = [], []
+  for task, per_seed in tables.items():
+    agg = aggregate(per_seed)
+    result["tasks"][task] = {"seeds": sorted(per_seed), "methods": agg}
+    parts.append(markdown(agg, f"Task `{task}`"))
+    mean = {m: {int(k): c["mean"] for k, c in row.items()}
+            for m, row in agg.items()}
+    std = {m: {int(k): c["std"] for k, c in row.items()}
+           for m, row in agg.items()}
+    main = [m for m in ordered(agg) if m in ("full", "AutoSelect")
+            or m in BASELINE_ORDER]
+    figures.append(plot_accuracy_vs_k(
+        {m: mean[m] for m in main},
+        os.path.join(out, f"accuracy_vs_k_{task}.png"),
+        spread={m: std[m] for m in main}, n=64,
+        title=f"Task {task}: exact match vs tokens kept "
+              f"({len(per_seed)} seeds)"))
+    variants = [m for m in ordered(agg) if m not in BASELINE_ORDER]
+    if len(variants) > 2:
+      figures.append(plot_accuracy_vs_k(
+          {m: mean[m] for m in variants},
+          os.path.join(out, f"ablations_{task}.png"),
+          spread={m: std[m] for m in variants}, n=64,
+          title=f"Task {task}: AutoSelect's training choices "
+                f"({len(per_seed)} seeds)"))
+  md = os.path.join(out, "results.md")
+  with open(md, "w") as f:
+    f.write("\n\n".join(parts) + "\n")
+  js = os.path.join(out, "results.json")
+  with open(js, "w") as f:
+    json.dump(result, f, indent=2)
+  return {"markdown": md, "json": js, "figures": figures}
