@@ -105,18 +105,27 @@ def selection_logits(vlm: VLM, params, features, idx, tokens, input_mask,
   return vlm.logits(params, seq.text_predictors(hidden, tokens.shape[1]))
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("vlm", "select_fn", "k", "policy"))
-def _match_batch(vlm: VLM, params, batch, rng, ctx, *, select_fn, k,
-                 policy="original"):
+# Three programs, so that a table of M methods at J budgets compiles the
+# encoder once, M x J small selection programs and J LLM passes (instead of
+# M x J whole models: compiling was most of the demo's evaluation time).
+@functools.partial(jax.jit, static_argnames=("vlm",))
+def _encode(vlm: VLM, params, images):
+  return vlm.encode_image(params, demo_data.scale_images(images),
+                          last_attention=True)
+
+
+@functools.partial(jax.jit, static_argnames=("select_fn", "k"))
+def _select(features, attention, rng, ctx, *, select_fn, k):
+  return select_fn(features, rng, k, {**ctx, "attention": attention})
+
+
+@functools.partial(jax.jit, static_argnames=("vlm", "policy"))
+def _match(vlm: VLM, params, features, idx, batch, policy="original"):
   """bool (B,): every target token is the argmax given the true history."""
-  features, attention = vlm.encode_image(
-      params, demo_data.scale_images(batch["images"]), last_attention=True)
-  idx = select_fn(features, rng, k, {**ctx, "attention": attention})
   logits = selection_logits(vlm, params, features, idx, batch["tokens"],
                             batch["input_mask"], batch["mask_ar"], policy)
   ok = (jnp.argmax(logits, axis=-1) == batch["tokens"]) | ~batch["loss_mask"]
-  return jnp.all(ok, axis=1), idx
+  return jnp.all(ok, axis=1)
 
 
 def _check_indices(idx: np.ndarray, b: int, k: int, n: int) -> None:
@@ -152,8 +161,10 @@ def exact_match(vlm: VLM, params, arrays: Mapping[str, np.ndarray],
                            np.zeros(batch_size - (stop - start), int)])
     batch = {key: arrays[key][take] for key in keys}
     ctx = {"object_mask": arrays["object_mask"][take], **(context or {})}
-    match, idx = _match_batch(vlm, params, batch, jax.random.fold_in(rng, i),
-                              ctx, select_fn=select_fn, k=k, policy=policy)
+    features, attention = _encode(vlm, params, batch["images"])
+    idx = _select(features, attention, jax.random.fold_in(rng, i), ctx,
+                  select_fn=select_fn, k=k)
+    match = _match(vlm, params, features, idx, batch, policy)
     if i == 0:
       _check_indices(np.asarray(idx), batch_size, k, n)
     out.append(np.asarray(match)[:stop - start])
