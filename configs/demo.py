@@ -6,10 +6,10 @@
    background; each shape covers about one of the 64 visual tokens);
 2. pre-trains a tiny PaliGemma-architecture VLM on it with all tokens (cached
    in WORKDIR/frozen_vlm, so a second run skips it), then freezes it;
-3. trains AutoSelect (Scorer + noise gate + Denoiser) at K=8 with next-token
-   loss only;
-4. prints caption exact match of the full model, AutoSelect top-K, random
-   top-K and the oracle (object tokens) at several budgets.
+3. trains AutoSelect (Scorer + noise gate + Denoiser) with next-token loss
+   only, one Scorer for K = 4, 8 and 16 (K drawn per step);
+4. prints caption exact match of the full model, AutoSelect top-K, the
+   oracle (object tokens) and the training-free baselines at K = 4, 8, 16.
 """
 
 import ml_collections
@@ -26,7 +26,10 @@ def get_config():
   c.model.dtype = "float32"
   c.model.scan_unroll = 0  # Fully unrolled: faster for 2 layers on a CPU.
 
-  c.autoselect.k = 8
+  c.autoselect.k = 8             # The budget the figures show.
+  # One Scorer for every budget of the table: on seed 0 it beat a Scorer
+  # trained at K=8 alone at K=16 (docs/demo_task.md).
+  c.autoselect.k_choices = "4,8,16"
   c.autoselect.scorer_heads = 4
   c.autoselect.denoiser_heads = 4
 
@@ -34,7 +37,7 @@ def get_config():
 
   c.data.max_text_len = 24
 
-  c.optim.lr = 2e-3
+  c.optim.lr = 4e-3
   c.optim.warmup_steps = 20
 
   c.batch_size = 64

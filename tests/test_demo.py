@@ -227,9 +227,13 @@ def test_cached_vlm_must_match_the_asked_settings(tmp_path):
   ckpt = pretrain.pretrain_vlm(str(tmp_path), **args, **quiet)
   assert pretrain.pretrain_vlm(str(tmp_path), **args, **quiet) == ckpt
   with pytest.raises(ValueError, match=r"steps: 2 cached, 3 asked.*"
-                     r"variant: 'demo' cached, 'demo-2l' asked"):
+                     r"variant: 'demo' cached, 'demo-v1' asked"):
     pretrain.pretrain_vlm(str(tmp_path), **{**args, "steps": 3},
-                          variant="demo-2l", **quiet)
+                          variant="demo-v1", **quiet)
+  with pytest.raises(ValueError, match=r"task: .*'max_distractors': 0.* "
+                     r"cached, .*'max_distractors': 3.* asked"):
+    pretrain.pretrain_vlm(str(tmp_path), **args, **quiet,
+                          spec=synthetic.TaskSpec(max_distractors=3))
 
 
 def test_demo_variant_is_checked_up_front():
@@ -243,8 +247,12 @@ def test_demo_variant_is_checked_up_front():
   spec.loader.exec_module(mod)
   c = mod.get_config()
   run.validate(c)
-  c.demo.variant = "demo-2l"
+  c.demo.variant = "demo-v1"
   run.validate(c)
+  c.demo.max_distractors = 70
+  with pytest.raises(ConfigError, match="demo.max_distractors=70"):
+    run.validate(c)
+  c.demo.max_distractors = 0
   c.demo.variant = "nope"
   with pytest.raises(ConfigError, match="demo.variant='nope'"):
     run.validate(c)

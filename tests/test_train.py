@@ -359,7 +359,7 @@ def _check_demo_table(workdir, table, saved):
   from autoselect_jax.method import select_topk
   from autoselect_jax.models import VLM
   num_eval = saved["num_eval"]
-  assert num_eval == 32 and saved["trained_k"] == 8
+  assert num_eval == 32 and saved["trained_k"] == "4,8,16"
   ckpt = os.path.join(workdir, pretrain.CKPT_SUBDIR)
   config = store.load_config(ckpt)
   vlm = VLM(config, jnp.float32, False, True)  # As the training run built it.

@@ -230,6 +230,9 @@ def _check_cached(ckpt: str, asked: dict) -> None:
     return
   with open(path) as f:
     meta = json.load(f)
+  if isinstance(meta.get("task"), dict):  # Fields added later: defaults.
+    meta["task"] = {**dataclasses.asdict(synthetic.TaskSpec()),
+                    **meta["task"]}
   diff = {k: (meta[k], v) for k, v in asked.items()
           if k in meta and meta[k] != v}
   if diff:

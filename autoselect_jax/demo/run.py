@@ -104,17 +104,18 @@ def report(c: ml_collections.ConfigDict, workdir: str, result: dict) -> dict:
   table = demo_eval.selection_table(vlm, frozen, setup.processor, examples,
                                     ks, methods, seed=c.seed)
   kept = kept_tokens(obj, vlm, frozen, params, examples[:NUM_KEPT_SHOWN], ks)
+  trained = c.autoselect.k_choices or str(c.autoselect.k)
   if jax.process_index() == 0:
     figures = draw_figures(workdir, table, vlm, frozen,
                            lambda f: obj.scores(params, f),
                            examples[:NUM_KEPT_SHOWN], c.autoselect.k)
     print(f"\nCaption exact match on {d.num_eval} held-out images (AutoSelect "
-          f"trained at K={c.autoselect.k}; evaluation {time.time() - t0:.0f}s):")
+          f"trained at K={trained}; evaluation {time.time() - t0:.0f}s):")
     print(demo_eval.format_table(table, vlm.num_visual_tokens))
     with open(os.path.join(workdir, "demo_table.json"), "w") as f:
       json.dump({"table": {m: {str(k): v for k, v in row.items()}
                            for m, row in table.items()},
-                 "num_eval": d.num_eval, "trained_k": c.autoselect.k,
+                 "num_eval": d.num_eval, "trained_k": trained,
                  "seed": c.seed, "autoselect_kept": kept}, f, indent=2)
     print("figures: " + ", ".join(figures))
   return table
