@@ -239,29 +239,23 @@ def test_killed_run_resumes_to_the_same_params(hf_mqa, dataset, tmp_path):
 
 def test_two_processes_match_one_process_on_two_devices(hf_mqa, dataset,
                                                         tmp_path):
-  """FSDP-sharded trainable (and frozen) params over 2 processes: the same
-  losses and final params as 1 process with 2 devices and the same mesh."""
+  """FSDP-sharded trainable (and frozen) params over 2 processes started by
+  the local launcher (autoselect_jax.launch.local): the same losses and final
+  params as 1 process with 2 devices and the same mesh."""
   ckpt = hf_mqa[3]
   over = {"num_steps": 4, "mesh.data": 1, "mesh.fsdp": 2,
           "sharding.trainable": "fsdp", "sharding.frozen": "fsdp"}
   single = str(tmp_path / "single")
   _run(_args(ckpt, dataset, single, **over), devices=2)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
   multi = str(tmp_path / "multi")
-  procs = []
-  for i in range(2):
-    args = _args(ckpt, dataset, multi, **over, **{
-        "distributed.initialize": "yes",
-        "distributed.coordinator_address": f"127.0.0.1:{port}",
-        "distributed.num_processes": 2, "distributed.process_id": i})
-    procs.append(subprocess.Popen([sys.executable] + args, env=_env(),
-                                  cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
+  # The launcher sets every --config.distributed.* field itself.
+  train_args = [a for a in _args(ckpt, dataset, multi, **over)[2:]
+                if not a.startswith("--config.distributed.")]
+  r = _run(["-m", "autoselect_jax.launch.local", "--num-processes", "2",
+            "--"] + train_args, timeout=600)
+  outs = ["\n".join(l[len(f"[{i}] "):] for l in r.stdout.splitlines()
+                    if l.startswith(f"[{i}] ")) for i in range(2)]
+  assert "all 2 processes finished" in r.stderr
   assert "2 devices, 2 processes" in outs[0]
   a, b = _losses(single), _losses(multi)  # multi: written by process 0.
   assert sorted(a) == [1, 2, 3, 4] and a.keys() == b.keys()
