@@ -80,6 +80,12 @@ die() {
   exit 1
 }
 
+note() {  # A message after a command that really ran (not with DRY_RUN=1).
+  if [[ "$DRY_RUN" == 0 ]]; then
+    echo "$PROG: $*" >&2
+  fi
+}
+
 require() {  # require VAR...: each must be non-empty.
   local name
   for name in "$@"; do
@@ -136,7 +142,7 @@ cmd_create() {
     run gcloud compute tpus queued-resources create "$QUEUED_RESOURCE_ID" \
       "--node-id=$TPU_NAME" "--accelerator-type=$ACCELERATOR_TYPE" \
       "--runtime-version=$RUNTIME_VERSION" "${TARGET[@]}" "${extra[@]}"
-    echo "$PROG: queued; '$PROG status' shows when it is ACTIVE" >&2
+    note "queued; '$PROG status' shows when it is ACTIVE"
   else
     run gcloud compute tpus tpu-vm create "$TPU_NAME" \
       "--accelerator-type=$ACCELERATOR_TYPE" "--version=$RUNTIME_VERSION" \
@@ -223,7 +229,7 @@ cmd_train() {
  already training (pid \$(cat train.pid)); run stop first\" >&2; exit 1; fi" \
     "nohup env PYTHONUNBUFFERED=1 $train > train.log 2>&1 < /dev/null \
 & echo \$! > train.pid")"
-  echo "$PROG: started on all workers; '$PROG logs' follows worker $WORKER" >&2
+  note "started on all workers; '$PROG logs' follows worker $WORKER"
 }
 
 cmd_stop() {
