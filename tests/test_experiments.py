@@ -46,6 +46,14 @@ def test_unknown_names_fail_before_any_work(tmp_path, capsys):
   assert not os.listdir(tmp_path)
 
 
+def test_report_only_needs_measured_rows(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    experiment.main(["--out", str(tmp_path), "--tasks", "hard",
+                     "--report-only"])
+  assert e.value.code == 2
+  assert "no measured rows for task hard" in capsys.readouterr().err
+
+
 def test_every_variant_is_a_valid_training_config():
   from autoselect_jax.training.client import load_client
   from autoselect_jax.training.config import validate
@@ -87,3 +95,10 @@ def test_quick_run_writes_tables_and_plots_and_resumes(tmp_path, monkeypatch):
   assert os.path.getsize(os.path.join(out, "ablations_hard.png")) > 0
   md = open(os.path.join(out, "results.md")).read()
   assert "| packed |" in md
+
+  # --report-only summarises what is there and trains nothing.
+  os.remove(os.path.join(out, "results.md"))
+  trained.clear()
+  assert experiment.main([*args[:-2], "--report-only"]) == 0
+  assert trained == [] and "| packed |" in open(
+      os.path.join(out, "results.md")).read()
