@@ -90,22 +90,20 @@ def write(out: str, tables: Mapping[str, Mapping[int, Mapping]],
             for m, row in agg.items()}
     std = {m: {int(k): c["std"] for k, c in row.items()}
            for m, row in agg.items()}
-    main = [m for m in ordered(agg) if m in ("full", "AutoSelect")
-            or m in BASELINE_ORDER]
-    figures.append(plot_accuracy_vs_k(
-        {m: mean[m] for m in main},
-        os.path.join(out, f"accuracy_vs_k_{task}.png"),
-        spread={m: std[m] for m in main}, n=64,
-        title=f"Task {task}: exact match vs tokens kept "
-              f"({len(per_seed)} seeds)"))
-    variants = [m for m in ordered(agg) if m not in BASELINE_ORDER]
-    if len(variants) > 2:
+    seeds = f"{len(per_seed)} seed{'s' if len(per_seed) > 1 else ''}"
+
+    def plot(methods, name, title):
       figures.append(plot_accuracy_vs_k(
-          {m: mean[m] for m in variants},
-          os.path.join(out, f"ablations_{task}.png"),
-          spread={m: std[m] for m in variants}, n=64,
-          title=f"Task {task}: AutoSelect's training choices "
-                f"({len(per_seed)} seeds)"))
+          {m: mean[m] for m in methods}, os.path.join(out, f"{name}.png"),
+          spread={m: std[m] for m in methods}, n=64,
+          title=f"Task {task}: {title} ({seeds})"))
+
+    plot([m for m in ordered(agg) if m in ("full", "AutoSelect")
+          or m in BASELINE_ORDER], f"accuracy_vs_k_{task}",
+         "exact match vs tokens kept")
+    variants = [m for m in ordered(agg) if m not in BASELINE_ORDER]
+    if len(variants) > 2:  # full, AutoSelect and at least one variant.
+      plot(variants, f"ablations_{task}", "AutoSelect's training choices")
   md = os.path.join(out, "results.md")
   with open(md, "w") as f:
     f.write("\n\n".join(parts) + "\n")
