@@ -90,9 +90,10 @@ def write(out: str, tables: Mapping[str, Mapping[int, Mapping]],
             for m, row in agg.items()}
     std = {m: {int(k): c["std"] for k, c in row.items()}
            for m, row in agg.items()}
-    seeds = f"{len(per_seed)} seed{'s' if len(per_seed) > 1 else ''}"
-
     def plot(methods, name, title):
+      ns = sorted({c["n"] for m in methods for c in agg[m].values()})
+      seeds = (f"{ns[0]} seed{'s' if ns[0] > 1 else ''}" if len(ns) == 1
+               else f"{ns[0]}-{ns[-1]} seeds per method")
       figures.append(plot_accuracy_vs_k(
           {m: mean[m] for m in methods}, os.path.join(out, f"{name}.png"),
           spread={m: std[m] for m in methods}, n=64,
