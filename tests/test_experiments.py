@@ -29,6 +29,18 @@ def test_aggregate_mean_and_sample_std_over_seeds():
   assert "| AutoSelect / full | 70.6% | 88.2% |" in md  # 0.6/0.85, 0.75/0.85
 
 
+def test_variants_are_compared_seed_by_seed():
+  per_seed = {0: {"AutoSelect": {"8": 0.6}, "no noise": {"8": 0.5},
+                  "oracle": {"8": 0.9}},
+              1: {"AutoSelect": {"8": 0.8}, "no noise": {"8": 0.8}},
+              2: {"AutoSelect": {"8": 0.2}}}  # No variant: not compared.
+  d = summary.paired_differences(per_seed)
+  assert set(d) == {"no noise"}  # Baselines are not variants.
+  assert d["no noise"]["8"]["mean"] == pytest.approx(-0.05)
+  assert d["no noise"]["8"]["n"] == 2
+  assert "| no noise | -0.050 ± 0.071 | 2 |" in summary.paired_markdown(d)
+
+
 def test_rows_are_ordered_full_autoselect_variants_baselines():
   assert summary.ordered(["random", "packed", "full", "oracle", "AutoSelect",
                           "no noise"]) == [

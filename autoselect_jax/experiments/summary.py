@@ -40,6 +40,43 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]]
   return out
 
 
+def paired_differences(per_seed, base: str = "AutoSelect") -> dict:
+  """{method: {K: {"mean", "std", "n"}}}: the method minus `base` on the
+  seeds where both were measured (an ablation compared seed by seed, so a
+  variant measured on fewer seeds is not judged against other seeds)."""
+  diffs: dict[str, dict[str, list]] = {}
+  for table in per_seed.values():
+    if base not in table:
+      continue
+    for m, row in table.items():
+      if m.startswith("_") or m in (base, "full") or m in BASELINE_ORDER:
+        continue
+      for k, v in row.items():
+        if k in table[base]:
+          diffs.setdefault(m, {}).setdefault(k, []).append(
+              float(v) - float(table[base][k]))
+  return {m: {k: {"mean": float(np.mean(d)),
+                  "std": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0,
+                  "n": len(d)}
+              for k, d in sorted(row.items(), key=lambda kv: int(kv[0]))}
+          for m, row in diffs.items()}
+
+
+def paired_markdown(diffs: Mapping[str, Mapping[str, Mapping]]) -> str:
+  ks = sorted({k for row in diffs.values() for k in row}, key=int)
+  lines = ["Each variant minus AutoSelect, on the seeds where both ran "
+           "(mean ± std of the per-seed differences):", "",
+           "| variant | " + " | ".join(f"K={k}" for k in ks) + " | seeds |",
+           "|---|" + "---|" * (len(ks) + 1)]
+  for m in ordered(diffs):
+    cells = [f"{diffs[m][k]['mean']:+.3f}" + (
+        f" ± {diffs[m][k]['std']:.3f}" if diffs[m][k]["n"] > 1 else "")
+        if k in diffs[m] else "" for k in ks]
+    n = max(c["n"] for c in diffs[m].values())
+    lines.append(f"| {m} | " + " | ".join(cells) + f" | {n} |")
+  return "\n".join(lines)
+
+
 def ordered(methods) -> list[str]:
   names = list(methods)
   first = [m for m in ("full", "AutoSelect") if m in names]
@@ -53,23 +90,25 @@ def markdown(agg: Mapping[str, Mapping[str, Mapping]], title: str) -> str:
   (its mean over the full model's mean)."""
   ks = sorted({k for row in agg.values() for k in row}, key=int)
   n = max(c["n"] for row in agg.values() for c in row.values())
-  lines = [f"**{title}** (caption exact match, mean ± std over {n} "
-           f"seed{'s' if n > 1 else ''})", "",
-           "| method | " + " | ".join(f"K={k}" for k in ks) + " |",
-           "|---|" + "---|" * len(ks)]
+  lines = [f"**{title}** (caption exact match, mean ± std over the seeds "
+           f"measured, at most {n})", "",
+           "| method | " + " | ".join(f"K={k}" for k in ks) + " | seeds |",
+           "|---|" + "---|" * (len(ks) + 1)]
   for m in ordered(agg):
     cells = []
     for k in ks:
       c = agg[m].get(k)
       if c is None and m == "full":  # Measured once, the same at every K.
         c = next(iter(agg[m].values()))
-      cells.append("" if c is None else f"{c['mean']:.3f} ± {c['std']:.3f}")
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+      cells.append("" if c is None else f"{c['mean']:.3f}" + (
+          f" ± {c['std']:.3f}" if c["n"] > 1 else ""))
+    seeds = max(c["n"] for c in agg[m].values())
+    lines.append(f"| {m} | " + " | ".join(cells) + f" | {seeds} |")
   if "full" in agg and "AutoSelect" in agg:
     full = next(iter(agg["full"].values()))["mean"]
     ret = [f"{agg['AutoSelect'][k]['mean'] / full:.1%}"
            if k in agg["AutoSelect"] and full > 0 else "" for k in ks]
-    lines.append("| AutoSelect / full | " + " | ".join(ret) + " |")
+    lines.append("| AutoSelect / full | " + " | ".join(ret) + " | |")
   return "\n".join(lines)
 
 
@@ -86,6 +125,10 @@ def write(out: str, tables: Mapping[str, Mapping[int, Mapping]],
     agg = aggregate(per_seed)
     result["tasks"][task] = {"seeds": sorted(per_seed), "methods": agg}
     parts.append(markdown(agg, f"Task `{task}`"))
+    diffs = paired_differences(per_seed)
+    result["tasks"][task]["minus_autoselect"] = diffs
+    if diffs:
+      parts.append(paired_markdown(diffs))
     mean = {m: {int(k): c["mean"] for k, c in row.items()}
             for m, row in agg.items()}
     std = {m: {int(k): c["std"] for k, c in row.items()}
