@@ -30,7 +30,6 @@ import time
 from typing import Sequence
 
 import ml_collections
-import numpy as np
 
 from autoselect_jax.experiments import summary
 
