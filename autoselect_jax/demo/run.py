@@ -74,7 +74,8 @@ def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
   d = c.demo
   log = print if jax.process_index() == 0 else (lambda *_: None)
   return pretrain.pretrain_vlm(
-      pretrain_dir(c, workdir), steps=d.pretrain_steps, batch_size=d.pretrain_batch_size,
+      pretrain_dir(c, workdir), steps=d.pretrain_steps,
+      batch_size=d.pretrain_batch_size,
       seed=d.pretrain_seed, data_seed=d.data_seed, num_train=d.num_train,
       lr=d.pretrain_lr, variant=d.variant, spec=task_spec(c), log=log)
 

@@ -146,14 +146,7 @@ def sample_scene(seed: int, index: int, spec: TaskSpec = TaskSpec()) -> Scene:
   for q in quads:
     row = (q // 2) * half + int(rng.integers(half))
     col = (q % 2) * half + int(rng.integers(half))
-    dy, dx = rng.uniform(-spec.jitter, spec.jitter, 2)
-    p = spec.patch_size
-    objects.append(Obj(
-        shape=SHAPES[rng.integers(len(SHAPES))],
-        colour=list(COLOURS)[rng.integers(len(COLOURS))],
-        quadrant=int(q), cell=(row, col),
-        centre=((row + 0.5) * p + dy, (col + 0.5) * p + dx),
-        size=float(rng.uniform(spec.min_size, spec.max_size))))
+    objects.append(_place(rng, spec, row, col, COLOURS, int(q)))
   noise_seed = int(rng.integers(2 ** 31))
   # Drawn last, so scenes without distractors are those of earlier versions.
   distractors = []
@@ -163,18 +156,23 @@ def sample_scene(seed: int, index: int, spec: TaskSpec = TaskSpec()) -> Scene:
     free = [c for c in range(spec.num_tokens) if c not in taken]
     for c in np.sort(rng.choice(free, num, replace=False)):
       row, col = divmod(int(c), spec.grid)
-      dy, dx = rng.uniform(-spec.jitter, spec.jitter, 2)
-      p = spec.patch_size
-      distractors.append(Obj(
-          shape=SHAPES[rng.integers(len(SHAPES))],
-          colour=list(DISTRACTOR_COLOURS)[rng.integers(
-              len(DISTRACTOR_COLOURS))],
-          quadrant=-1, cell=(row, col),
-          centre=((row + 0.5) * p + dy, (col + 0.5) * p + dx),
-          size=float(rng.uniform(spec.min_size, spec.max_size))))
+      distractors.append(_place(rng, spec, row, col, DISTRACTOR_COLOURS, -1))
   return Scene(spec, tuple(tuple(float(v) for v in g) for g in gratings),
                tuple(float(v) for v in base), noise_seed, tuple(objects),
                tuple(distractors))
+
+
+def _place(rng: np.random.Generator, spec: TaskSpec, row: int, col: int,
+           colours: dict, quadrant: int) -> Obj:
+  """A shape centred on patch cell (row, col), with jitter, a random shape,
+  a colour of `colours` and a size (drawn in that order)."""
+  dy, dx = rng.uniform(-spec.jitter, spec.jitter, 2)
+  p = spec.patch_size
+  return Obj(shape=SHAPES[rng.integers(len(SHAPES))],
+             colour=list(colours)[rng.integers(len(colours))],
+             quadrant=quadrant, cell=(row, col),
+             centre=((row + 0.5) * p + dy, (col + 0.5) * p + dx),
+             size=float(rng.uniform(spec.min_size, spec.max_size)))
 
 
 def shape_mask(obj: Obj, image_size: int) -> np.ndarray:
