@@ -5,7 +5,9 @@
       --config.model.checkpoint=CKPT --config.data.train_path=TRAIN.jsonl
 
 Any config field can be overridden with --config.FIELD=VALUE. The run resumes
-from the latest complete checkpoint in --workdir automatically. A config's
+from the latest complete checkpoint in --workdir automatically; --workdir may
+be a cloud URL (gs://bucket/run, with gcsfs installed), as on a TPU pod where
+every worker runs this same command. A config's
 `client` module (configs/demo.py's is `autoselect_jax.demo.run`) may provide
 the frozen VLM, the data and an after-training report
 (`autoselect_jax.training.client`).
@@ -24,7 +26,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with get_config() (configs/*.py).",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: checkpoints, "
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder, local or a URL "
+                               "(gs://bucket/run, needs gcsfs): checkpoints, "
                                "metrics, the exported scorer.")
 DEMO_HINT = ("without weights or data, try the self-contained demo: "
              "--config configs/demo.py")

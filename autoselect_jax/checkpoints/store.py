@@ -7,6 +7,9 @@
 
 Folders are written to a temporary sibling and renamed into place at the end,
 so a failed or interrupted conversion leaves nothing at the destination.
+
+Also the helpers that tell a URL (gs://bucket/run, written through
+etils.epath) from a local path, shared by everything a training run writes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,64 @@ FORMAT = "autoselect_jax.paligemma"
 VERSION = 1
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+
+
+# URL schemes a run may write to -> (fsspec's name for its filesystem, the
+# pip package that provides it). etils.epath knows s3://, az://, hf:// too,
+# but Orbax's array data (TensorStore) reaches only GCS and local disk.
+REMOTE_SCHEMES = {"gs": ("gcs", "gcsfs")}
+
+
+def is_remote(path) -> bool:
+  """True for a URL (gs://bucket/run): written through etils.epath, since
+  os.path would take it for a relative local path ('gs:/bucket/run')."""
+  return "://" in os.fspath(path)
+
+
+def remote_problem(url: str) -> str | None:
+  """Why `url` cannot be read and written here, naming the package to
+  install; None if it can. Asked up front, so that a missing package fails
+  before a run's work, not at its first save.
+
+  epath reaches gs:// through gcsfs (fsspec), or tf.io.gfile when
+  TensorFlow is installed; Orbax also needs google-cloud-storage for GCS
+  (gcsfs depends on it).
+  """
+  scheme = url.split("://", 1)[0]
+  if scheme not in REMOTE_SCHEMES:
+    return (f"{url}: unsupported URL scheme {scheme}:// (supported: "
+            + ", ".join(f"{k}://" for k in REMOTE_SCHEMES)
+            + " or a local folder: Orbax checkpoints reach no other store)")
+  fs_name, package = REMOTE_SCHEMES[scheme]
+  if _fsspec_has(fs_name) or _tf_gcs_usable():
+    return None
+  return (f"{url}: writing to {scheme}:// needs the {package} package, "
+          f"which is not installed here (pip install {package})")
+
+
+def _fsspec_has(name: str) -> bool:
+  import fsspec
+  try:
+    fsspec.get_filesystem_class(name)
+  except (ImportError, ValueError):
+    return False
+  return True
+
+
+def _tf_gcs_usable() -> bool:
+  """epath's TensorFlow backend is on (as epath decides) and Orbax's GCS
+  client library is there."""
+  if os.environ.get("EPATH_USE_TF", "").lower() in ("false", "no", "f", "0"):
+    return False
+  return _importable("tensorflow") and _importable("google.cloud.storage")
+
+
+def _importable(module: str) -> bool:
+  import importlib.util
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):
+    return False
 
 
 @contextlib.contextmanager

@@ -5,7 +5,10 @@ improvement), saved together.
 
 Orbax writes each step into a temporary folder and renames it when complete,
 so a run killed at any moment restarts from the latest complete step; the
-data iterator resumes exactly where that step's batches ended.
+data iterator resumes exactly where that step's batches ended. On GCS
+(gs://bucket/run/checkpoints), where there is no rename, Orbax marks a
+complete step with a commit file instead; a URL is handed to it as an
+`epath.Path` (never through os.path.abspath, which would make it local).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from typing import Any
 
 import grain.python as grain
 import orbax.checkpoint as ocp
+from etils import epath
+
+from autoselect_jax.checkpoints.store import is_remote
 
 
 class TrainCheckpointer:
@@ -23,12 +29,14 @@ class TrainCheckpointer:
 
   def __init__(self, directory: str, *, keep: int = 3,
                async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    """directory: a local folder (made absolute) or a URL."""
+    self.directory = (str(directory) if is_remote(directory)
+                      else os.path.abspath(directory))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save,
         create=True)
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
+        epath.Path(self.directory), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": grain.PyGrainCheckpointHandler(),
                        "progress": ocp.JsonCheckpointHandler()})

@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from autoselect_jax.checkpoints.store import is_remote, remote_problem
 from autoselect_jax.method.gate import GATES
 from autoselect_jax.method.modules import DENOISER_ATTENTIONS
 
@@ -76,6 +77,26 @@ class Checker:
   def one_of(self, field: str, options) -> None:
     self.need(_get(self.c, field) in options, field,
               "must be one of " + ", ".join(repr(o) for o in options))
+
+
+def validate_workdir(workdir: str) -> None:
+  """A workdir is a local folder or a URL (gs://bucket/run) whose filesystem
+  package is installed; else a ConfigError naming the path and the package,
+  raised before a run reads weights or data (not at its first save)."""
+  if not workdir:
+    raise ConfigError("the workdir is not set (--workdir DIR or gs://...)",
+                      "workdir")
+  problem = remote_problem(str(workdir)) if is_remote(workdir) else None
+  if problem:
+    raise ConfigError(f"--workdir {problem}", "workdir")
+
+
+def _local(ch: Checker, field: str) -> None:
+  """Inputs are read from local disk only: a URL here gets that said, not
+  'does not exist'."""
+  ch.need(not is_remote(_get(ch.c, field)), field, "is a URL: this input is "
+          "read from local disk (copy it there first); only --workdir may "
+          "be a URL")
 
 
 def validate(c: ml_collections.ConfigDict, *, num_devices: int,
@@ -177,6 +198,7 @@ def _check_checkpoint(ch: Checker, c) -> None:
           "--config.model.checkpoint=DIR (a folder written by `python -m "
           "autoselect_jax.convert`), or a config whose client provides the "
           "frozen VLM")
+  _local(ch, "model.checkpoint")
   ch.need(os.path.isdir(c.model.checkpoint), "model.checkpoint",
           "does not exist")
 
@@ -189,6 +211,7 @@ def _check_data_paths(ch: Checker, c) -> None:
   for field in ("train_path", "val_path"):
     path = c.data[field]
     if path:
+      _local(ch, f"data.{field}")
       found = (glob.glob(path) if c.data.source == "parquet"
                else os.path.isfile(path))
       ch.need(found, f"data.{field}", "does not exist")

@@ -10,10 +10,15 @@ the data sources (`prepare`), load the frozen VLM (`build`), initialise the
 state (`init_state`), resume it (`restore`), make the jitted functions
 (`make_step_fns`), run the steps (`run_steps`, one `train_one_step` and
 `after_step` each), and export the Scorer (`finish`).
+
+The workdir is a local folder or a URL (gs://bucket/run): its paths are
+joined with `workdir_path`, never os.path, and each writer (checkpoints,
+metrics, the Scorer export) handles a URL itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -25,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from autoselect_jax.checkpoints import store
 from autoselect_jax.checkpoints.scorer import export_scorer
@@ -36,7 +42,8 @@ from autoselect_jax.training.checkpoint import TrainCheckpointer
 from autoselect_jax.training.client import Client, load_client
 from autoselect_jax.training.config import (ConfigError, parse_k_choices,
                                             validate, validate_budget,
-                                            validate_num_steps)
+                                            validate_num_steps,
+                                            validate_workdir)
 from autoselect_jax.training.metrics import MetricWriter
 from autoselect_jax.training.objective import Objective
 
@@ -59,6 +66,12 @@ def maybe_initialize_distributed(c: ml_collections.ConfigDict) -> None:
     kwargs = dict(coordinator_address=d.coordinator_address,
                   num_processes=d.num_processes, process_id=d.process_id)
   jax.distributed.initialize(**kwargs)
+
+
+def workdir_path(workdir: str, name: str) -> str:
+  """workdir/name, for a local folder or a URL alike (epath: the path type
+  that every writer of the workdir takes)."""
+  return str(epath.Path(workdir) / name)
 
 
 def make_optimizer(c: ml_collections.ConfigDict, total_steps: int):
@@ -271,6 +284,7 @@ def make_step_fns(c, setup: Setup, tx, lr_schedule, state_sharding):
 def train(c: ml_collections.ConfigDict, workdir: str,
           client: Client | None = None) -> dict:
   """Trains; returns a summary (final step, losses, paths, state)."""
+  validate_workdir(workdir)  # Before anything: a URL's package is missing.
   client = client if client is not None else load_client(c.client)
   maybe_initialize_distributed(c)
   mesh, train_src, val_src, steps = prepare(c, client)
@@ -278,7 +292,7 @@ def train(c: ml_collections.ConfigDict, workdir: str,
   iterator = iter(make_loader(c, setup, train_src))
   tx, lr_schedule = make_optimizer(c, steps)
   state, sharding, abstract = init_state(c, setup, tx)
-  ckptr = TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+  ckptr = TrainCheckpointer(workdir_path(workdir, "checkpoints"),
                             keep=c.checkpoint.keep,
                             async_save=c.checkpoint.async_save)
   state, progress = restore(ckptr, state, sharding, abstract, iterator)
@@ -288,14 +302,13 @@ def train(c: ml_collections.ConfigDict, workdir: str,
              f"{steps} steps (batch {c.batch_size}, {mesh.size} devices, "
              f"{jax.process_count()} processes)"
              + (f"; resuming at step {progress.step}" if progress.step else ""))
-  try:
-    state = run_steps(c, setup, state, progress, steps, iterator, step_fn,
-                      eval_fn, val_src, ckptr, writer)
-  finally:
-    ckptr.close()
-  summary = finish(workdir, setup, state, progress)
-  writer.close()
-  return summary
+  with contextlib.closing(writer):  # A URL workdir's last metrics upload.
+    try:
+      state = run_steps(c, setup, state, progress, steps, iterator, step_fn,
+                        eval_fn, val_src, ckptr, writer)
+    finally:
+      ckptr.close()
+  return finish(workdir, setup, state, progress)
 
 
 def run_steps(c, setup: Setup, state, progress: Progress, steps: int,
@@ -360,7 +373,7 @@ def finish(workdir: str, setup: Setup, state, progress: Progress) -> dict:
   """Exports the final Scorer (every time a run ends, replacing an older
   export) and returns the run's summary."""
   params = shd.to_host(state["params"])  # Every process: may be a collective.
-  scorer_dir = os.path.join(workdir, "scorer")
+  scorer_dir = workdir_path(workdir, "scorer")
   export_scorer(scorer_dir, params["scorer"],
                 setup.objective.scorer_export_config(setup.ckpt_dir))
   return {"step": progress.step, "state": state, "params": params,
