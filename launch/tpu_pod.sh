@@ -30,6 +30,8 @@ repo_root=$(dirname "$script_dir")
 : "${REMOTE_DIR:=autoselect_jax}"         # Checkout on each worker (from ~).
 : "${PYTHON_VERSION:=3.11}"               # Python of the workers' venv.
 : "${JAX_TPU:=jax[tpu]}"                  # pip requirement for JAX on TPU.
+: "${EXTRA_PIP:=gcsfs}"                   # More pip requirements (gcsfs:
+                                          # the trainer's gs:// workdir).
 : "${CONFIG:=$repo_root/configs/paligemma.py}"  # Local config, copied.
 : "${WORKDIR:=}"                          # gs://... (required by train).
 : "${CONFIG_OVERRIDES:=}"                 # Extra --config.FIELD=VALUE args.
@@ -48,7 +50,7 @@ Usage: [VAR=VALUE ...] $PROG COMMAND
 Commands:
   create   create the TPU VMs (queued resource with QUEUED=1, Spot with SPOT=1)
   setup    copy or clone the project on every worker, install it + $JAX_TPU
-           in a Python $PYTHON_VERSION venv, check that JAX sees the TPU chips
+           + $EXTRA_PIP in a Python $PYTHON_VERSION venv, check that JAX sees the TPU chips
   train    copy CONFIG to every worker and start the trainer on all of them
            in the background (log: ~/$REMOTE_DIR/train.log on each worker)
   stop     stop the trainer on every worker
@@ -64,6 +66,7 @@ Settings (environment variables, current value):
   SPOT=$SPOT  QUEUED=$QUEUED  QUEUED_RESOURCE_ID=$QUEUED_RESOURCE_ID
   REPO_SOURCE=$REPO_SOURCE  REPO_REF=$REPO_REF
   REMOTE_DIR=$REMOTE_DIR  PYTHON_VERSION=$PYTHON_VERSION  JAX_TPU=$JAX_TPU
+  EXTRA_PIP=$EXTRA_PIP
   CONFIG=$CONFIG
   WORKDIR=$WORKDIR (gs://..., required by train)
   CONFIG_OVERRIDES=$CONFIG_OVERRIDES
@@ -186,7 +189,9 @@ cmd_setup() {
     fetch="mkdir -p $dir && tar -xzf $SRC_TARBALL -C $dir && rm $SRC_TARBALL"
   fi
   # uv brings its own Python when the image's is older than the project's.
-  local pip_uv uv venv package=$dir check
+  local pip_uv uv venv package=$dir check extra_pip="" req pip_reqs
+  read -ra pip_reqs <<< "$EXTRA_PIP"
+  for req in "${pip_reqs[@]}"; do extra_pip+="$(printf '%q' "$req") "; done
   pip_uv="python3 -m pip install --user --quiet uv"
   # shellcheck disable=SC2016  # $HOME expands on the worker.
   uv='"$HOME/.local/bin/uv"'
@@ -198,7 +203,7 @@ cmd_setup() {
     "($pip_uv || $pip_uv --break-system-packages)" \
     "$uv venv --allow-existing --python $(printf '%q' "$PYTHON_VERSION") $venv" \
     "$uv pip install --python $venv/bin/python -r $dir/requirements.txt \
--e $package $(printf '%q' "$JAX_TPU")" \
+-e $package $(printf '%q' "$JAX_TPU") $extra_pip" \
     "$venv/bin/python -c '$check'")"
 }
 

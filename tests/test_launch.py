@@ -134,8 +134,12 @@ def test_tpu_pod_setup_installs_on_every_worker():
   for part in ["tar -xzf autoselect_src.tar.gz -C autoselect_jax",
                "venv --allow-existing --python 3.11 autoselect_jax/.venv",
                "-r autoselect_jax/requirements.txt -e ./autoselect_jax "
-               "jax\\[tpu\\]", "jax.device_count()"]:
+               "jax\\[tpu\\] gcsfs", "jax.device_count()"]:
     assert part in ssh, part
+  # gcsfs lets the trainer write its gs:// workdir; EXTRA_PIP replaces it.
+  (ssh,) = _lines(_tpu("setup", REPO_SOURCE="https://example.com/a/b.git",
+                       EXTRA_PIP="gcsfs==2026.9.0 tensorboard"))
+  assert "jax\\[tpu\\] gcsfs==2026.9.0 tensorboard" in ssh
   (ssh,) = _lines(_tpu("setup", REPO_SOURCE="https://example.com/a/b.git",
                        REPO_REF="v1"))
   assert "--worker=all" in ssh and _remote(ssh)
