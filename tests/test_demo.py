@@ -256,3 +256,46 @@ def test_demo_variant_is_checked_up_front():
   c.demo.variant = "nope"
   with pytest.raises(ConfigError, match="demo.variant='nope'"):
     run.validate(c)
+
+
+def test_lr_scale_freezes_and_scales_by_path_prefix(tmp_path):
+  attn = "img/Transformer/encoderblock/MultiHeadDotProductAttention_0"
+  quiet = dict(log=lambda *_: None, progress=open(os.devnull, "w"))
+  args = dict(steps=2, batch_size=4, num_train=8, variant=SMALL, spec=SPEC)
+  ckpt = pretrain.pretrain_vlm(str(tmp_path), **args, **quiet,
+                               lr_scale={"img/pos_embedding": 0.0,
+                                         attn: 0.0})
+  vlm, params, _ = pretrain.load_frozen(ckpt)
+  fresh = pretrain.init_params(vlm, 0)
+  np.testing.assert_array_equal(params["img"]["pos_embedding"],
+                                fresh["img"]["pos_embedding"])
+  frozen = params["img"]["Transformer"]["encoderblock"][
+      "MultiHeadDotProductAttention_0"]
+  start = fresh["img"]["Transformer"]["encoderblock"][
+      "MultiHeadDotProductAttention_0"]
+  for a, b in zip(jax.tree_util.tree_leaves(frozen),
+                  jax.tree_util.tree_leaves(start)):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(params["img"]["embedding"]["kernel"],
+                            fresh["img"]["embedding"]["kernel"])
+  # The cache records the scales: asking for other ones is refused.
+  with pytest.raises(ValueError, match="lr_scale"):
+    pretrain.pretrain_vlm(str(tmp_path), **args, **quiet)
+  scales = pretrain.lr_scale_tree(fresh, {"img/pos_embedding": 0.5})
+  assert scales["img"]["pos_embedding"] == 0.5
+  assert scales["img"]["embedding"]["kernel"] == 1.0
+  with pytest.raises(ValueError, match="'img/pos_embeding' matches no"):
+    pretrain.lr_scale_tree(fresh, {"img/pos_embeding": 0.0})
+
+
+def test_demo_refuses_a_url_workdir_before_pretraining(tmp_path):
+  from autoselect_jax.demo import run
+  from autoselect_jax.training.config import ConfigError
+  import ml_collections
+  c = ml_collections.ConfigDict({"demo": {"frozen_workdir": ""}})
+  with pytest.raises(ConfigError, match="workdir=gs://b/run: the demo writes"):
+    run.frozen_vlm(c, "gs://b/run")
+  c.demo.frozen_workdir = "gs://b/vlm"
+  with pytest.raises(ConfigError, match="demo.frozen_workdir=gs://b/vlm"):
+    run.frozen_vlm(c, str(tmp_path))
+  assert not os.listdir(tmp_path)

@@ -72,6 +72,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
   """The pre-trained frozen VLM's checkpoint folder (trained on first use)."""
   d = c.demo
+  for field, path in (("workdir", workdir),
+                      ("demo.frozen_workdir", d.frozen_workdir)):
+    if "://" in str(path):  # The VLM cache, table and figures are local files.
+      raise ConfigError(f"{field}={path}: the demo writes its frozen VLM, "
+                        "table and figures to local disk; give a local folder",
+                        field)
   log = print if jax.process_index() == 0 else (lambda *_: None)
   return pretrain.pretrain_vlm(
       pretrain_dir(c, workdir), steps=d.pretrain_steps,
