@@ -63,16 +63,19 @@ def background_selection(features, rng, k, ctx):
 def token_accuracy(vlm, params, arrays, select_fn, k: int, types,
                    seed: int = 0) -> dict:
   """{word type: accuracy} and "exact_match" with `select_fn`'s k tokens."""
-  idx_fn = jax.jit(lambda images, ctx, rng: select_fn(
-      vlm.encode_image(params, demo_data.scale_images(images)), rng, k, ctx))
-  logits_fn = jax.jit(lambda images, idx, tokens, im, ma:
+  # Params are arguments, never closed-over constants: XLA CPU (jax 0.10.2)
+  # gave NaNs at random on a VLM whose encoder attention output kernel was
+  # exactly zero when the weights were baked into the program as constants.
+  idx_fn = jax.jit(lambda p, images, ctx, rng: select_fn(
+      vlm.encode_image(p, demo_data.scale_images(images)), rng, k, ctx))
+  logits_fn = jax.jit(lambda p, images, idx, tokens, im, ma:
                       demo_eval.selection_logits(
-                          vlm, params, vlm.encode_image(
-                              params, demo_data.scale_images(images)),
+                          vlm, p, vlm.encode_image(
+                              p, demo_data.scale_images(images)),
                           idx, tokens, im, ma))
-  idx = idx_fn(arrays["images"], {"object_mask": arrays["object_mask"]},
-               jax.random.key(seed))
-  pred = jnp.argmax(logits_fn(arrays["images"], idx, arrays["tokens"],
+  idx = idx_fn(params, arrays["images"],
+               {"object_mask": arrays["object_mask"]}, jax.random.key(seed))
+  pred = jnp.argmax(logits_fn(params, arrays["images"], idx, arrays["tokens"],
                               arrays["input_mask"], arrays["mask_ar"]), -1)
   ok = np.asarray(pred == arrays["tokens"])
   real = arrays["loss_mask"].astype(bool)
@@ -97,9 +100,9 @@ def attention_shares(vlm, params, arrays, types) -> list[dict]:
   real = arrays["loss_mask"].astype(bool)
 
   probs_of = jax.jit(  # (B, H, S) of decoder `layer` for query rows (B,).
-      lambda rows, layer: vlm.run_llm(
-          params, seq.embeddings, seq.positions, seq.attention_mask(),
-          attention_of=(layer, rows))[2], static_argnums=1)
+      lambda p, x, pos, m, rows, layer: vlm.run_llm(
+          p, x, pos, m, attention_of=(layer, rows))[2], static_argnums=5)
+  args = (params, seq.embeddings, seq.positions, seq.attention_mask())
 
   out = []
   for layer in range(vlm.config.llm.depth):
@@ -107,7 +110,7 @@ def attention_shares(vlm, params, arrays, types) -> list[dict]:
     counts = {t: 0 for t in WORD_TYPES}
     for j in range(arrays["tokens"].shape[1]):
       rows = jnp.full((b,), n + j - 1)  # The row that predicts token j.
-      p = np.asarray(probs_of(rows, layer)).mean(1)          # (B, S)
+      p = np.asarray(probs_of(*args, rows, layer)).mean(1)          # (B, S)
       obj = (p[:, :n] * mask).sum(1)
       bg = (p[:, :n] * ~mask).sum(1)
       txt = p[:, n:].sum(1)
@@ -164,8 +167,13 @@ def main(argv=None) -> int:
                  help="a demo VLM folder (WORKDIR/frozen_vlm)")
   p.add_argument("--num_eval", type=int, default=500)
   p.add_argument("--ks", default="4,8,16")
+  p.add_argument("--data_seed", type=int, default=None,
+                 help="the held-out images' stream; default: the one the "
+                      "VLM was pre-trained on")
   a = p.parse_args(argv)
-  result = diagnose(a.checkpoint, num_eval=a.num_eval,
+  seed = (pretrain.data_seed_of(a.checkpoint) if a.data_seed is None
+          else a.data_seed)
+  result = diagnose(a.checkpoint, num_eval=a.num_eval, data_seed=seed,
                     ks=[int(k) for k in a.ks.split(",")])
   print(format_report(result))
   return 0

@@ -108,13 +108,40 @@ def caption_loss(vlm: VLM, params, batch):
   return total / denom, acc
 
 
-def make_optimizer(steps: int, lr: float, warmup: int, weight_decay: float):
+def lr_scale_tree(params, lr_scale: dict[str, float]):
+  """Per-leaf update multipliers: the first `lr_scale` key that prefixes a
+  leaf's "/"-joined path sets its scale (0 freezes it), 1 otherwise. A key
+  that matches no leaf is an error (a misspelt path would silently train)."""
+  paths = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  for key in lr_scale:
+    if not any(p == key or p.startswith(key + "/") for p in paths):
+      raise ValueError(f"lr_scale key {key!r} matches no parameter; "
+                       f"e.g. {sorted(paths)[:3]}")
+
+  def scale(path, _):
+    p = "/".join(str(getattr(k, "key", k)) for k in path)
+    for key, value in lr_scale.items():
+      if p == key or p.startswith(key + "/"):
+        return float(value)
+    return 1.0
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def make_optimizer(steps: int, lr: float, warmup: int, weight_decay: float,
+                   scales=None):
+  """AdamW, warm-up + cosine; `scales` (a tree like the params, from
+  `lr_scale_tree`) multiplies each leaf's update, weight decay included."""
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, lr, warmup_steps=min(warmup, steps - 1), decay_steps=steps,
       end_value=lr * 0.01)
-  return optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b2=0.99,
-                                 weight_decay=weight_decay))
+  parts = [optax.clip_by_global_norm(1.0),
+           optax.adamw(schedule, b2=0.99, weight_decay=weight_decay)]
+  if scales is not None:
+    parts.append(optax.stateless(
+        lambda updates, _: jax.tree.map(lambda u, s: u * s, updates,
+                                        scales)))
+  return optax.chain(*parts)
 
 
 def _write_folder(meta: dict) -> Callable[[str], None]:
@@ -139,6 +166,7 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
                  seed: int = 0, data_seed: int = 0, num_train: int = 24_000,
                  lr: float = 2e-3, warmup: int = 50,
                  weight_decay: float = 1e-4,
+                 lr_scale: dict[str, float] | None = None,
                  variant: str | PaliGemmaConfig = "demo",
                  log_every: int = 50,
                  spec: synthetic.TaskSpec = synthetic.TaskSpec(),
@@ -148,14 +176,18 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
 
   seed: initialisation and batch order; data_seed: the task's example stream
   (training examples are its indices [0, num_train)); variant: a VARIANTS
-  name or a config (its image grid must match `spec`).
+  name or a config (its image grid must match `spec`); lr_scale: update
+  multipliers by parameter path prefix (`lr_scale_tree`), e.g.
+  {"img/pos_embedding": 0.0} keeps the sin-cos table fixed.
   """
+  lr_scale = dict(lr_scale or {})
   ckpt = os.path.join(workdir, CKPT_SUBDIR)
   name = variant if isinstance(variant, str) else "custom"
   if os.path.exists(os.path.join(ckpt, store.CONFIG_FILE)):
     _check_cached(ckpt, dict(variant=name, steps=steps,
                              batch_size=batch_size, seed=seed,
                              data_seed=data_seed, num_train=num_train, lr=lr,
+                             lr_scale=lr_scale,
                              task=dataclasses.asdict(spec)))
     log(f"pretrain: cache hit, using the frozen VLM in {ckpt}")
     return ckpt
@@ -180,7 +212,8 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
 
   params = init_params(vlm, seed)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-  tx = make_optimizer(steps, lr, warmup, weight_decay)
+  tx = make_optimizer(steps, lr, warmup, weight_decay,
+                      lr_scale_tree(params, lr_scale) if lr_scale else None)
   opt_state = tx.init(params)
 
   @jax.jit
@@ -211,7 +244,7 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
   train_s = time.time() - t_train
   meta = dict(variant=name, steps=steps, batch_size=batch_size, seed=seed,
               data_seed=data_seed, num_train=num_train, lr=lr, warmup=warmup,
-              weight_decay=weight_decay, final_loss=float(loss),
+              weight_decay=weight_decay, lr_scale=lr_scale, final_loss=float(loss),
               train_seconds=round(train_s, 1),
               task=dataclasses.asdict(spec))
   store.save_checkpoint(
@@ -233,6 +266,7 @@ def _check_cached(ckpt: str, asked: dict) -> None:
   if isinstance(meta.get("task"), dict):  # Fields added later: defaults.
     meta["task"] = {**dataclasses.asdict(synthetic.TaskSpec()),
                     **meta["task"]}
+  meta.setdefault("lr_scale", {})
   diff = {k: (meta[k], v) for k, v in asked.items()
           if k in meta and meta[k] != v}
   if diff:
@@ -256,6 +290,16 @@ def task_of(ckpt: str) -> synthetic.TaskSpec:
     raise ValueError(f"{path}: bad task {task}: {e}") from None
 
 
+def data_seed_of(ckpt: str) -> int:
+  """The task stream a frozen VLM folder was pre-trained on (0 without
+  metadata)."""
+  path = os.path.join(ckpt, META_FILE)
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return int(json.load(f).get("data_seed", 0))
+
+
 def load_frozen(ckpt: str):
   """(VLM, params, Processor) of a checkpoint folder."""
   config = store.load_config(ckpt)
@@ -276,13 +320,20 @@ def main(argv=None) -> int:
   p.add_argument("--ks", default="4,8,16")
   p.add_argument("--max_distractors", type=int, default=0,
                  help="unnamed shapes per image (the harder task), 0 to N")
+  p.add_argument("--lr_scale", default="",
+                 help="PATH=SCALE,... update multipliers by parameter path "
+                      "prefix (0 freezes), e.g. img/pos_embedding=0")
   a = p.parse_args(argv)
+  lr_scale = {}
+  for item in filter(None, a.lr_scale.split(",")):
+    key, _, value = item.partition("=")
+    lr_scale[key] = float(value)
   ks = [int(k) for k in a.ks.split(",")]
   t0 = time.time()
   spec = synthetic.TaskSpec(max_distractors=a.max_distractors).validate()
   ckpt = pretrain_vlm(a.workdir, steps=a.steps, batch_size=a.batch_size,
                       lr=a.lr, num_train=a.num_train, seed=a.seed,
-                      data_seed=a.data_seed, spec=spec)
+                      data_seed=a.data_seed, spec=spec, lr_scale=lr_scale)
   vlm, params, processor = load_frozen(ckpt)
   t1 = time.time()
   table = demo_eval.selection_table(
