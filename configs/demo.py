@@ -61,5 +61,8 @@ def get_config():
   d.pretrain_steps = 800
   d.pretrain_batch_size = 64
   d.pretrain_lr = 2e-3
+  # Update multipliers by parameter path prefix ("PATH=SCALE,...", 0 keeps
+  # the initial value), e.g. "img/pos_embedding=0".
+  d.pretrain_lr_scale = ""
   d.pretrain_seed = 0
   return c

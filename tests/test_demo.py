@@ -253,6 +253,15 @@ def test_demo_variant_is_checked_up_front():
   with pytest.raises(ConfigError, match="demo.max_distractors=70"):
     run.validate(c)
   c.demo.max_distractors = 0
+  c.demo.pretrain_lr_scale = "img/pos_embedding=0"
+  run.validate(c)
+  for bad, why in [("img/pos=0", "'img/pos' matches no parameter"),
+                   ("img/pos_embedding", "expected PATH=SCALE"),
+                   ("img/pos_embedding=-1", "SCALE >= 0")]:
+    c.demo.pretrain_lr_scale = bad
+    with pytest.raises(ConfigError, match=f"demo.pretrain_lr_scale=.*{why}"):
+      run.validate(c)
+  c.demo.pretrain_lr_scale = ""
   c.demo.variant = "nope"
   with pytest.raises(ConfigError, match="demo.variant='nope'"):
     run.validate(c)

@@ -128,6 +128,22 @@ def lr_scale_tree(params, lr_scale: dict[str, float]):
   return jax.tree_util.tree_map_with_path(scale, params)
 
 
+def parse_lr_scale(text: str) -> dict[str, float]:
+  """"PATH=SCALE,..." (e.g. "img/pos_embedding=0") -> {path: scale}."""
+  out = {}
+  for item in filter(None, (t.strip() for t in str(text).split(","))):
+    key, eq, value = item.partition("=")
+    try:
+      scale = float(value)
+    except ValueError:
+      scale = -1.0
+    if not eq or not key or scale < 0:
+      raise ValueError(f"lr_scale item {item!r}: expected PATH=SCALE with "
+                       "SCALE >= 0, e.g. img/pos_embedding=0")
+    out[key] = scale
+  return out
+
+
 def make_optimizer(steps: int, lr: float, warmup: int, weight_decay: float,
                    scales=None):
   """AdamW, warm-up + cosine; `scales` (a tree like the params, from
@@ -324,10 +340,7 @@ def main(argv=None) -> int:
                  help="PATH=SCALE,... update multipliers by parameter path "
                       "prefix (0 freezes), e.g. img/pos_embedding=0")
   a = p.parse_args(argv)
-  lr_scale = {}
-  for item in filter(None, a.lr_scale.split(",")):
-    key, _, value = item.partition("=")
-    lr_scale[key] = float(value)
+  lr_scale = parse_lr_scale(a.lr_scale)
   ks = [int(k) for k in a.ks.split(",")]
   t0 = time.time()
   spec = synthetic.TaskSpec(max_distractors=a.max_distractors).validate()

@@ -16,7 +16,7 @@ import numpy as np
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval
 from autoselect_jax.demo import pretrain, synthetic
-from autoselect_jax.models import get_variant
+from autoselect_jax.models import VLM, get_variant
 from autoselect_jax.demo.synthetic import SyntheticSource
 from autoselect_jax.method import select_topk
 from autoselect_jax.training.config import Checker, ConfigError
@@ -67,6 +67,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
   ch.need(all(1 <= k <= n for k in _budgets(c)), "demo.budgets",
           f"must lie in [1, {n}] (the demo VLM's visual tokens)")
   task_spec(c)
+  lr_scale(c)
+
+
+def lr_scale(c: ml_collections.ConfigDict) -> dict[str, float]:
+  """`demo.pretrain_lr_scale` as {parameter path prefix: update scale},
+  checked against the variant's parameter tree."""
+  try:
+    scales = pretrain.parse_lr_scale(c.demo.pretrain_lr_scale)
+    shapes = jax.eval_shape(
+        lambda: VLM(get_variant(c.demo.variant)).init_params(
+            jax.random.key(0)))
+    pretrain.lr_scale_tree(shapes, scales)
+  except ValueError as e:
+    raise ConfigError(f"demo.pretrain_lr_scale={c.demo.pretrain_lr_scale!r}: "
+                      f"{e}", "demo.pretrain_lr_scale") from None
+  return scales
 
 
 def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
@@ -83,7 +99,8 @@ def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
       pretrain_dir(c, workdir), steps=d.pretrain_steps,
       batch_size=d.pretrain_batch_size,
       seed=d.pretrain_seed, data_seed=d.data_seed, num_train=d.num_train,
-      lr=d.pretrain_lr, variant=d.variant, spec=task_spec(c), log=log)
+      lr=d.pretrain_lr, lr_scale=lr_scale(c), variant=d.variant,
+      spec=task_spec(c), log=log)
 
 
 def sources(c: ml_collections.ConfigDict):
