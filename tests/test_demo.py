@@ -270,10 +270,15 @@ def test_demo_variant_is_checked_up_front():
 def test_lr_scale_freezes_and_scales_by_path_prefix(tmp_path):
   attn = "img/Transformer/encoderblock/MultiHeadDotProductAttention_0"
   quiet = dict(log=lambda *_: None, progress=open(os.devnull, "w"))
-  args = dict(steps=2, batch_size=4, num_train=8, variant=SMALL, spec=SPEC)
+  args = dict(steps=2, batch_size=4, num_train=8, variant=SMALL, spec=SPEC,
+              data_seed=3)
   ckpt = pretrain.pretrain_vlm(str(tmp_path), **args, **quiet,
                                lr_scale={"img/pos_embedding": 0.0,
                                          attn: 0.0})
+  assert pretrain.read_meta(ckpt)["lr_scale"] == {"img/pos_embedding": 0.0,
+                                                  attn: 0.0}
+  assert pretrain.data_seed_of(ckpt) == 3  # diagnose's default stream.
+  assert pretrain.data_seed_of(str(tmp_path)) == 0  # No metadata there.
   vlm, params, _ = pretrain.load_frozen(ckpt)
   fresh = pretrain.init_params(vlm, 0)
   np.testing.assert_array_equal(params["img"]["pos_embedding"],

@@ -271,14 +271,22 @@ def pretrain_vlm(workdir: str, *, steps: int = 600, batch_size: int = 64,
   return ckpt
 
 
+def read_meta(ckpt: str) -> dict | None:
+  """The settings a frozen VLM folder was pre-trained with (its
+  `META_FILE`), None for a folder from before the metadata existed."""
+  path = os.path.join(ckpt, META_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _check_cached(ckpt: str, asked: dict) -> None:
   """A cached VLM must be the one asked for: a ValueError names the fields
   that differ (a cache from before the metadata existed is accepted)."""
-  path = os.path.join(ckpt, META_FILE)
-  if not os.path.exists(path):
+  meta = read_meta(ckpt)
+  if meta is None:
     return
-  with open(path) as f:
-    meta = json.load(f)
   if isinstance(meta.get("task"), dict):  # Fields added later: defaults.
     meta["task"] = {**dataclasses.asdict(synthetic.TaskSpec()),
                     **meta["task"]}
@@ -295,25 +303,18 @@ def _check_cached(ckpt: str, asked: dict) -> None:
 def task_of(ckpt: str) -> synthetic.TaskSpec:
   """The task a frozen VLM folder was pre-trained on (its metadata; the
   default task for a folder without it)."""
-  path = os.path.join(ckpt, META_FILE)
-  if not os.path.exists(path):
-    return synthetic.TaskSpec()
-  with open(path) as f:
-    task = json.load(f).get("task", {})
+  task = (read_meta(ckpt) or {}).get("task", {})
   try:
     return synthetic.TaskSpec(**task).validate()
   except (TypeError, ValueError) as e:
-    raise ValueError(f"{path}: bad task {task}: {e}") from None
+    raise ValueError(f"{os.path.join(ckpt, META_FILE)}: bad task {task}: "
+                     f"{e}") from None
 
 
 def data_seed_of(ckpt: str) -> int:
   """The task stream a frozen VLM folder was pre-trained on (0 without
   metadata)."""
-  path = os.path.join(ckpt, META_FILE)
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return int(json.load(f).get("data_seed", 0))
+  return int((read_meta(ckpt) or {}).get("data_seed", 0))
 
 
 def load_frozen(ckpt: str):
