@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--scan-layers", action="store_true",
                  help="time the scanned (training) layer layout instead of "
                  "the per-layer weights that inference uses")
+  p.add_argument("--scorer-width", type=int, default=0,
+                 help="the Scorer's width W: 0 (default) keeps the vision "
+                 "width Dv; another W adds a linear down-projection before "
+                 "its blocks (autoselect.scorer_width)")
   p.add_argument("--out", required=True, help="JSON file to write")
   return p
 
@@ -189,6 +193,9 @@ def _check_args(args, parser, n: int, llm_depth: int) -> None:
   for b in args.batch:
     if b < 1:
       parser.error(f"--batch must be >= 1, got {b}")
+  if args.scorer_width < 0 or args.scorer_width % 16:
+    parser.error(f"--scorer-width {args.scorer_width} must be 0 or a "
+                 "positive multiple of the Scorer's 16 heads")
   for flag, value in (("--repeats", args.repeats), ("--n-text", args.n_text),
                       ("--decode-tokens", args.decode_tokens)):
     if value < 1:
@@ -207,7 +214,7 @@ def _check_args(args, parser, n: int, llm_depth: int) -> None:
 
 
 def _setup(config, params, dtype, *, decode_tokens: int, seed: int, init: str,
-           scan_layers: bool):
+           scan_layers: bool, scorer_width: int = 0):
   """Weights and jitted functions: (StageSetup, reference fn, its weights).
 
   `params` are in the stacked (checkpoint) layout; the reference takes its
@@ -217,7 +224,8 @@ def _setup(config, params, dtype, *, decode_tokens: int, seed: int, init: str,
   from autoselect_jax.method import AutoSelect, Scorer
   from autoselect_jax.models import VLM, unstack_layers
   vlm = VLM(config, dtype, scan_layers=scan_layers)
-  method = AutoSelect(vlm, scorer=Scorer(dtype=dtype))
+  method = AutoSelect(vlm, scorer=Scorer(width=scorer_width or None,
+                                         dtype=dtype))
   scorer = scorer_params(method, dtype, seed + 1, init)
   jitted = stages.make_stages()
   ref_w = reference.reference_weights(params, config.llm)
@@ -257,7 +265,8 @@ def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
 def run_benchmark(config, params, *, dtype_name: str, ks, batches,
                   repeats: int, n_text: int, decode_tokens: int, seed: int,
                   init: str = "hash", scan_layers: bool = False, log=print,
-                  on_batch=None, methods=None, fastv_layer: int = 2) -> dict:
+                  on_batch=None, methods=None, fastv_layer: int = 2,
+                  scorer_width: int = 0) -> dict:
   """Times every stage; returns the JSON dict (without command / variant).
 
   methods: names (`BENCH_METHODS`) to time each with its own stages, in the
@@ -266,6 +275,7 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
   `params` are in the stacked (checkpoint) layout. The project runs on
   per-layer weights (`models.unstack_layers`), as `inference.Pipeline` does,
   unless `scan_layers`. `on_batch(result)` is called after every batch.
+  scorer_width: the Scorer's width (0: the vision width).
   """
   import jax
   import jax.numpy as jnp
@@ -274,13 +284,15 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
   n = config.num_image_tokens
   setup, ref_fn, ref_w = _setup(config, params, dtype,
                                 decode_tokens=decode_tokens, seed=seed,
-                                init=init, scan_layers=scan_layers)
+                                init=init, scan_layers=scan_layers,
+                                scorer_width=scorer_width)
   peak, bw = device_peaks(dtype, dev, log)
   ks = sorted(ks)
   runs = [(n, False)] + [(k, True) for k in ks]
   out = header(dev, config, dtype_name=dtype_name, n_text=n_text,
                decode_tokens=decode_tokens, repeats=repeats,
-               scan_layers=scan_layers, peak=peak, bandwidth=bw)
+               scan_layers=scan_layers, peak=peak, bandwidth=bw,
+               scorer_width=setup.method.scorer.width)
   mset = None
   if methods is not None:
     pruners = method_stages.method_pruners(
@@ -343,7 +355,8 @@ def main(argv=None) -> int:
                       n_text=args.n_text, decode_tokens=args.decode_tokens,
                       seed=args.seed, init=args.init,
                       scan_layers=args.scan_layers, log=log, on_batch=save,
-                      methods=args.method, fastv_layer=args.fastv_layer)
+                      methods=args.method, fastv_layer=args.fastv_layer,
+                      scorer_width=args.scorer_width)
   save(res, complete=True)
   print(format_table({**head, **res}))
   log(f"wrote {args.out}")

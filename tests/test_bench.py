@@ -88,7 +88,7 @@ TOP_KEYS = [
     "variant", "command", "device", "layer_layout", "platform", "dtype",
     "n_visual", "n_text", "decode_tokens", "repeats", "llm_layers",
     "vision_layers", "peak_flops", "peak_bandwidth", "peak_kernels", "pruner",
-    "records", "reference", "targets", "complete"]
+    "scorer_width", "records", "reference", "targets", "complete"]
 RECORD_KEYS = [
     "k", "batch", "pruned", "n_visual", "prefix_length"] + [
         f"{name}{end}" for name in TIMED for end in ("", "_min", "_max")] + [
@@ -189,6 +189,8 @@ def test_hash_params_are_finite_and_shaped():
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--variant", "tiny", "--k", "4", "--batch", "0"], "--batch must be >= 1"),
     (["--variant", "tiny", "--llm-layers", "0"], "--llm-layers must be >= 1"),
+    (["--variant", "tiny", "--k", "4", "--scorer-width", "40"],
+     "--scorer-width 40 must"),
     (["--variant", "tiny", "--method", "autoselect,topk"],
      "argument --method: unknown method 'topk'; choose from autoselect, "
      "random, grid, norm, attention, divprune, visionzip, fastv"),
@@ -272,7 +274,7 @@ def methods_run(tmp_path_factory):
 def test_methods_json_has_a_record_per_method_and_k(methods_run):
   res = methods_run
   # The core JSON is unchanged; the methods block comes after `reference`.
-  assert list(res) == TOP_KEYS[:18] + ["methods"] + TOP_KEYS[18:]
+  assert list(res) == TOP_KEYS[:19] + ["methods"] + TOP_KEYS[19:]
   assert all(list(r) == RECORD_KEYS for r in res["records"])
   block = res["methods"]
   assert block["names"] == ALL_METHODS and block["fastv_layer"] == 1
@@ -366,3 +368,24 @@ def test_attention_methods_time_the_last_attention_encoder():
                                "attention": (12, 34), "visionzip": (12, 34)})
   assert recs[1]["speedup"] == pytest.approx(60 / 32)
   assert recs[1]["pruner_share"] == pytest.approx(2 / 32)
+
+
+def test_a_narrow_scorer_is_timed_and_costed_at_its_width(tiny_run, tmp_path):
+  out = tmp_path / "narrow.json"
+  mp = pytest.MonkeyPatch()
+  mp.setattr(timing, "MATMUL_N", {"cpu": 256, "gpu": 256})
+  mp.setattr(timing, "BANDWIDTH_BYTES", {"cpu": 2 ** 22, "gpu": 2 ** 22})
+  try:
+    assert bench.main(["--variant", "tiny", "--k", "4", "--batch", "1",
+                       "--repeats", "1", "--n-text", "4", "--decode-tokens",
+                       "1", "--scorer-width", "16", "--out", str(out)]) == 0
+  finally:
+    mp.undo()
+  res = json.loads(out.read_text())
+  dv = VLM(get_variant("tiny")).visual_width
+  assert (res["scorer_width"], tiny_run["scorer_width"]) == (16, dv)
+  (narrow,) = [r for r in res["records"] if r["pruned"]]
+  wide = [r for r in tiny_run["records"] if r["pruned"] and r["batch"] == 1]
+  assert narrow["scorer_flops"] == cost.scorer(1, 16, dv, 16).flops
+  assert narrow["scorer_flops"] < wide[0]["scorer_flops"]
+  assert narrow["pruner_ms"] > 0

@@ -14,7 +14,7 @@ REFERENCE_TARGET = 0.9      # project speedup / plain-JAX reference speedup
 
 def header(device, config, *, dtype_name: str, n_text: int,
            decode_tokens: int, repeats: int, scan_layers: bool, peak: dict,
-           bandwidth: dict) -> dict:
+           bandwidth: dict, scorer_width: int | None = None) -> dict:
   """The run's fields before any measurement: device, shapes, peaks, and
   empty `records` / `reference` lists."""
   return {
@@ -28,6 +28,7 @@ def header(device, config, *, dtype_name: str, n_text: int,
       "peak_bandwidth": bandwidth["bytes_per_s"],
       "peak_kernels": {"flops": peak, "bandwidth": bandwidth},
       "pruner": "Scorer + top-K + gather of the kept features (no projector)",
+      "scorer_width": scorer_width or config.vision.width,
       "records": [], "reference": [],
   }
 
