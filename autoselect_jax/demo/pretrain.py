@@ -112,20 +112,18 @@ def lr_scale_tree(params, lr_scale: dict[str, float]):
   """Per-leaf update multipliers: the first `lr_scale` key that prefixes a
   leaf's "/"-joined path sets its scale (0 freezes it), 1 otherwise. A key
   that matches no leaf is an error (a misspelt path would silently train)."""
-  paths = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  names = jax.tree_util.tree_map_with_path(
+      lambda path, _: "/".join(str(getattr(k, "key", k)) for k in path),
+      params)
+  under = lambda name, key: name == key or name.startswith(key + "/")
+  every = jax.tree_util.tree_leaves(names)
   for key in lr_scale:
-    if not any(p == key or p.startswith(key + "/") for p in paths):
+    if not any(under(name, key) for name in every):
       raise ValueError(f"lr_scale key {key!r} matches no parameter; "
-                       f"e.g. {sorted(paths)[:3]}")
-
-  def scale(path, _):
-    p = "/".join(str(getattr(k, "key", k)) for k in path)
-    for key, value in lr_scale.items():
-      if p == key or p.startswith(key + "/"):
-        return float(value)
-    return 1.0
-  return jax.tree_util.tree_map_with_path(scale, params)
+                       f"e.g. {sorted(every)[:3]}")
+  return jax.tree.map(
+      lambda name: next((float(v) for key, v in lr_scale.items()
+                         if under(name, key)), 1.0), names)
 
 
 def parse_lr_scale(text: str) -> dict[str, float]:
