@@ -15,6 +15,7 @@ import numpy as np
 
 from autoselect_jax.demo import data as demo_data
 from autoselect_jax.demo import evaluate as demo_eval
+from autoselect_jax.checkpoints.store import is_remote
 from autoselect_jax.demo import pretrain, synthetic
 from autoselect_jax.models import VLM, get_variant
 from autoselect_jax.demo.synthetic import SyntheticSource
@@ -90,7 +91,7 @@ def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
   d = c.demo
   for field, path in (("workdir", workdir),
                       ("demo.frozen_workdir", d.frozen_workdir)):
-    if "://" in str(path):  # The VLM cache, table and figures are local files.
+    if is_remote(path):  # The VLM cache, table and figures are local files.
       raise ConfigError(f"{field}={path}: the demo writes its frozen VLM, "
                         "table and figures to local disk; give a local folder",
                         field)
@@ -99,7 +100,8 @@ def frozen_vlm(c: ml_collections.ConfigDict, workdir: str) -> str:
       pretrain_dir(c, workdir), steps=d.pretrain_steps,
       batch_size=d.pretrain_batch_size,
       seed=d.pretrain_seed, data_seed=d.data_seed, num_train=d.num_train,
-      lr=d.pretrain_lr, lr_scale=lr_scale(c), variant=d.variant,
+      lr=d.pretrain_lr, lr_scale=pretrain.parse_lr_scale(d.pretrain_lr_scale),
+      variant=d.variant,
       spec=task_spec(c), log=log)
 
 
