@@ -19,7 +19,8 @@ from autoselect_jax.checkpoints.scorer import export_scorer
 from autoselect_jax.checkpoints.tree import ConversionError
 from autoselect_jax.inference import decode
 from autoselect_jax.inference.pipeline import Pipeline, load_learned_scores
-from autoselect_jax.inference.prune import jit_pruned_prefix
+from autoselect_jax.inference.prune import (jit_prefill_images,
+                                           jit_pruned_prefix)
 from autoselect_jax.method.modules import Scorer
 
 PROMPTS = ["caption en", "what is in the image and where is the red cat"]
@@ -149,6 +150,37 @@ def test_same_length_bucket_does_not_recompile(pipe):
   assert _COUNTER.count == before, "a prompt in the same bucket recompiled"
   pipe.generate(images, ["word " * 20, "describe"], k=K, max_new_tokens=NEW)
   assert _COUNTER.count > before, "the compile counter saw nothing"
+
+
+def test_generate_is_prefill_images_then_decode_prefilled(pipe):
+  """The one-call prefill (what bench times as TTFT) + the decode loop from
+  its cache == the two-step path (prefix, then `decode.decode`), pruned and
+  sampled; and TTFT's first token is its logits' argmax."""
+  proc, vlm, params = pipe.processor, pipe.vlm, pipe.params
+  images = _images(2, seed=9)
+  text = proc.batch([proc.encode(p) for p in PROMPTS], 16)
+  pixels = np.stack([proc.image(im) for im in images])
+  inputs = (pixels, text.tokens, text.input_mask, text.mask_ar)
+  kw = dict(pruner=pipe.pruner, pruner_params=pipe.pruner_params,
+            policy=pipe.policy)
+  prefilled, kept = jit_prefill_images(vlm, params, *inputs, k=K,
+                                       new_tokens=NEW, **kw)
+  prefix, kept2 = jit_pruned_prefix(vlm, params, *inputs, k=K, **kw)
+  np.testing.assert_array_equal(kept, kept2)
+  sampling = dict(max_new_tokens=NEW, eos_id=proc.eos_id, pad_id=proc.pad_id,
+                  temperature=0.9, rng=jax.random.key(5))
+  two_step = np.asarray(decode.decode(vlm, params, prefix, **sampling))
+  greedy = np.asarray(decode.greedy_decode(
+      vlm, params, prefix, max_new_tokens=NEW, eos_id=proc.eos_id,
+      pad_id=proc.pad_id))
+  np.testing.assert_array_equal(np.argmax(prefilled[0], -1), greedy[:, 0])
+  one_call = np.asarray(decode.decode_prefilled(vlm, params, prefilled,
+                                                **sampling))
+  np.testing.assert_array_equal(one_call, two_step)
+  out = pipe.generate(images, PROMPTS, k=K, max_new_tokens=NEW,
+                      temperature=0.9, seed=5)
+  eos = proc.eos_id
+  assert [r["ids"] for r in out] == [_trim(r, eos) for r in two_step.tolist()]
 
 
 def test_pruned_cache_decode_equals_recompute(pipe):

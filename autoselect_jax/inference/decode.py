@@ -76,21 +76,15 @@ def sample_logits(logits, keys, temperature, top_p):
   return jax.lax.cond(temperature > 0, sample, greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("vlm", "max_new_tokens"))
-def decode(vlm: VLM, params, seq: Sequence, *, max_new_tokens: int, eos_id,
-           pad_id, temperature=0.0, top_p=1.0, rng=None):
-  """Generated tokens (B, max_new_tokens) after a KV-cache prefill.
-
-  The cache holds L + max_new_tokens slots (L = prefix length). Greedy at
-  temperature 0 (the default), else sampled (see `sample_logits`); example b
-  draws from fold_in(rng, b), so its tokens do not depend on the rest of the
-  batch. After <eos> an example emits pad; the loop stops once every example
-  has emitted <eos>. temperature and top_p are traced: changing them does not
-  recompile.
-  """
-  b, l = seq.input_mask.shape
-  logits, cache, cache_mask, pos = prefill(vlm, params, seq,
-                                           l + max_new_tokens)
+def _generate(vlm: VLM, params, prefilled, *, max_new_tokens: int, eos_id,
+              pad_id, temperature, top_p, rng):
+  """The decode loop from `prefill`'s output (see `decode`)."""
+  logits, cache, cache_mask, pos = prefilled
+  b = logits.shape[0]
+  l = cache_mask.shape[1] - max_new_tokens   # Prefix length: the first slot.
+  if l < 1:
+    raise ValueError(f"the cache has {cache_mask.shape[1]} slots, not enough "
+                     f"for a prefix and max_new_tokens={max_new_tokens}")
   if rng is None:
     rng = jax.random.key(0)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(b))
@@ -120,6 +114,36 @@ def decode(vlm: VLM, params, seq: Sequence, *, max_new_tokens: int, eos_id,
 
   state = (jnp.int32(0), logits, cache, cache_mask, pos, out, done)
   return jax.lax.while_loop(cond, body, state)[5]
+
+
+@functools.partial(jax.jit, static_argnames=("vlm", "max_new_tokens"))
+def decode(vlm: VLM, params, seq: Sequence, *, max_new_tokens: int, eos_id,
+           pad_id, temperature=0.0, top_p=1.0, rng=None):
+  """Generated tokens (B, max_new_tokens) after a KV-cache prefill.
+
+  The cache holds L + max_new_tokens slots (L = prefix length). Greedy at
+  temperature 0 (the default), else sampled (see `sample_logits`); example b
+  draws from fold_in(rng, b), so its tokens do not depend on the rest of the
+  batch. After <eos> an example emits pad; the loop stops once every example
+  has emitted <eos>. temperature and top_p are traced: changing them does not
+  recompile.
+  """
+  l = seq.input_mask.shape[1]
+  return _generate(vlm, params, prefill(vlm, params, seq, l + max_new_tokens),
+                   max_new_tokens=max_new_tokens, eos_id=eos_id,
+                   pad_id=pad_id, temperature=temperature, top_p=top_p,
+                   rng=rng)
+
+
+@functools.partial(jax.jit, static_argnames=("vlm", "max_new_tokens"))
+def decode_prefilled(vlm: VLM, params, prefilled, *, max_new_tokens: int,
+                     eos_id, pad_id, temperature=0.0, top_p=1.0, rng=None):
+  """`decode` from an already prefilled cache: `prefill`'s output (logits,
+  cache, cache_mask, last positions) over L + max_new_tokens slots, e.g. from
+  `prune.prefill_images`. Same tokens as `decode` on the same sequence."""
+  return _generate(vlm, params, prefilled, max_new_tokens=max_new_tokens,
+                   eos_id=eos_id, pad_id=pad_id, temperature=temperature,
+                   top_p=top_p, rng=rng)
 
 
 def greedy_decode(vlm: VLM, params, seq: Sequence, *, max_new_tokens: int,

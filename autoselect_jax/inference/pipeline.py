@@ -5,14 +5,16 @@
   -> [{"ids": [...], "text": "...", "kept": [3, 17, ...]}]
 
 Each call: preprocess and tokenize on the host, validate everything, then two
-jitted functions: the prefix (`prune.pruned_prefix`: encode; for K < N also
-the pruner's selection of K tokens (`inference.pruners`: the learned Scorer
-or a training-free baseline), project; then the LLM's `Sequence`) and
-`decode.decode` (KV-cache prefill of K + T tokens into a
-cache of K + T + max_new_tokens slots, then one token per step with EOS
-stopping per example). FastV prunes inside the LLM instead: the full prefix,
-then `fastv.fastv_decode`. Prompts are right-padded to a multiple of `bucket`, so
-there is one compile per (batch, K, length bucket, max_new_tokens).
+jitted functions. `prune.prefill_images` runs from pixels to the first
+token's logits: encode; for K < N the pruner's selection of K tokens
+(`inference.pruners`: the learned Scorer or a training-free baseline);
+project; the LLM's `Sequence`; the KV-cache prefill of K + T tokens into a
+cache of K + T + max_new_tokens slots. It is the time to first token, and
+`bench` times this same call. `decode.decode_prefilled` then generates one
+token per step with EOS stopping per example. FastV prunes inside the LLM
+instead: the full prefix, then `fastv.fastv_decode`. Prompts are
+right-padded to a multiple of `bucket`, so there is one compile per (batch,
+K, length bucket, max_new_tokens).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from autoselect_jax.checkpoints import store
 from autoselect_jax.checkpoints.scorer import check_scorer_params, load_scorer
 from autoselect_jax.data.processor import Processor
-from autoselect_jax.inference.decode import decode
+from autoselect_jax.inference.decode import decode_prefilled
 from autoselect_jax.inference.fastv import fastv_decode
-from autoselect_jax.inference.prune import jit_pruned_prefix, select
+from autoselect_jax.inference.prune import (jit_prefill_images,
+                                           jit_pruned_prefix, select)
 from autoselect_jax.inference.pruners import (FastV, LearnedScores, Pruner,
                                               make_pruner)
 from autoselect_jax.method.modules import Scorer
@@ -243,20 +246,21 @@ class Pipeline:
     inputs = (pixels, text.tokens, text.input_mask, text.mask_ar)
     if self.mesh is not None:
       inputs = jax.device_put(inputs, NamedSharding(self.mesh, P("data")))
-    before_llm = k < n and not fastv  # Else the prefix keeps all N tokens.
-    seq, kept = jit_pruned_prefix(
-        vlm, self.params, *inputs, k=k if before_llm else n,
-        pruner=self.pruner if before_llm else None,
-        pruner_params=self.pruner_params if before_llm else None,
-        policy=self.policy if before_llm else "original")
     sampling = dict(max_new_tokens=max_new_tokens, eos_id=proc.eos_id,
                     pad_id=proc.pad_id, temperature=temperature, top_p=top_p,
                     rng=jax.random.key(seed))
-    if fastv and k < n:
+    if fastv and k < n:  # The full prefix; FastV prunes inside the LLM.
+      seq, _ = jit_pruned_prefix(vlm, self.params, *inputs, k=n)
       ids, kept = fastv_decode(vlm, self.params, seq, k=k,
                                layer=self.pruner.layer, **sampling)
-    else:
-      ids = decode(vlm, self.params, seq, **sampling)
+    else:  # Time to first token is this one call (`bench` times it).
+      before_llm = k < n and not fastv
+      prefilled, kept = jit_prefill_images(
+          vlm, self.params, *inputs, k=k, new_tokens=max_new_tokens,
+          pruner=self.pruner if before_llm else None,
+          pruner_params=self.pruner_params if before_llm else None,
+          policy=self.policy if before_llm else "original")
+      ids = decode_prefilled(vlm, self.params, prefilled, **sampling)
     ids, kept = np.asarray(ids)[:size], np.asarray(kept)[:size]
     results = []
     for row, idx in zip(ids.tolist(), kept.tolist()):

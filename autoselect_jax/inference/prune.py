@@ -15,6 +15,7 @@ from typing import Optional
 
 import jax
 
+from autoselect_jax.inference.decode import prefill
 from autoselect_jax.inference.pruners import Kept, Pruner
 from autoselect_jax.method.selection import (POSITION_POLICIES,
                                              selected_sequence)
@@ -59,6 +60,28 @@ def pruned_prefix(vlm: VLM, params, images, tokens, input_mask, mask_ar, *,
 
 jit_pruned_prefix = jax.jit(
     pruned_prefix, static_argnames=("vlm", "k", "pruner", "policy"))
+
+
+def prefill_images(vlm: VLM, params, images, tokens, input_mask, mask_ar, *,
+                   k: int, new_tokens: int, pruner: Optional[Pruner] = None,
+                   pruner_params=None, policy: str = "original"):
+  """Image and prompt in, the first token's logits out: time to first token.
+
+  One program: `pruned_prefix` (encode, select K, project, sequence), then
+  `decode.prefill` into a cache of L + new_tokens slots (L = K + T). What
+  `Pipeline.generate` runs before its decode loop, and what `bench` times
+  as TTFT. Returns (prefill's output: logits (B, V), KVCache, cache_mask
+  (B, S), last positions (B,); kept indices (B, K)).
+  """
+  seq, kept = pruned_prefix(vlm, params, images, tokens, input_mask, mask_ar,
+                            k=k, pruner=pruner, pruner_params=pruner_params,
+                            policy=policy)
+  return prefill(vlm, params, seq, seq.input_mask.shape[1] + new_tokens), kept
+
+
+jit_prefill_images = jax.jit(
+    prefill_images,
+    static_argnames=("vlm", "k", "new_tokens", "pruner", "policy"))
 
 
 def full_prefix(vlm: VLM, params, images, tokens, input_mask, mask_ar
