@@ -69,7 +69,8 @@ from autoselect_jax.benchmarks import reference, stages
 from autoselect_jax.benchmarks.records import batch_records
 from autoselect_jax.benchmarks.results import (format_table, header, targets,
                                               write_json)
-from autoselect_jax.benchmarks.timing import Log, device_peaks, time_rounds
+from autoselect_jax.benchmarks.timing import (Log, device_peaks,
+                                             process_peak, time_rounds)
 from autoselect_jax.benchmarks.weights import (init_params, load_params,
                                               scorer_params)
 
@@ -221,6 +222,7 @@ def _setup(config, params, dtype, *, decode_tokens: int, seed: int, init: str,
   2-D matrices from them, the project runs on per-layer weights
   (`models.unstack_layers`) unless `scan_layers`.
   """
+  from autoselect_jax.inference.pruners import make_pruner
   from autoselect_jax.method import AutoSelect, Scorer
   from autoselect_jax.models import VLM, unstack_layers
   vlm = VLM(config, dtype, scan_layers=scan_layers)
@@ -232,9 +234,12 @@ def _setup(config, params, dtype, *, decode_tokens: int, seed: int, init: str,
   if not scan_layers:
     params = unstack_layers(params)
   ref_fn = reference.reference_fn(config.llm, dtype)
+  pruner, pruner_params = make_pruner("autoselect", scorer=method.scorer,
+                                      scorer_params=scorer["scorer"])
   setup = stages.StageSetup(vlm=vlm, params=params, method=method,
                             scorer_params=scorer, stages=jitted,
-                            decode_tokens=decode_tokens)
+                            decode_tokens=decode_tokens, pruner=pruner,
+                            pruner_params=pruner_params)
   return setup, ref_fn, ref_w
 
 
@@ -242,7 +247,8 @@ def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
                    n_text: int, repeats: int, seed: int, log, methods=None):
   """Warm-up, then `repeats` interleaved rounds of every stage, of the
   reference and of the `methods` (MethodStages, {name: (pruner, params)}) or
-  None: ({key: [seconds]}, the reference's logits error)."""
+  None: ({key: [seconds]}, the reference's logits error, {run: memory
+  plans})."""
   n = config.num_image_tokens
   blog = lambda msg: log(f"batch {b}: {msg}")
   images, tokens = stages.batch_inputs(config, b, n_text, seed)
@@ -251,7 +257,7 @@ def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
   ref_in, err = reference.warm_up_reference(
       ref_fn, ref_w, state[(n, False)].prefix, state[(k_ref, True)].prefix,
       state[(n, False)].prefill_out[0])
-  calls = (stages.timed_calls(setup, images, features, state, runs)
+  calls = (stages.timed_calls(setup, images, tokens, features, state, runs)
            + reference.timed_calls(ref_fn, ref_w, ref_in))
   if methods is not None:
     mst, pruners = methods
@@ -259,7 +265,8 @@ def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
         mst, setup, pruners, images, features, state[(n, False)].prefix,
         sorted(k for k, pruned in runs if pruned),
         cache_size=n + n_text + setup.decode_tokens, log=blog)
-  return time_rounds(calls, repeats, blog), err
+  return (time_rounds(calls, repeats, blog), err,
+          {run: p.memory for run, p in state.items()})
 
 
 def run_benchmark(config, params, *, dtype_name: str, ks, batches,
@@ -301,15 +308,17 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
     mset = (method_stages.make_method_stages(), pruners)
     out["methods"] = method_stages.header(methods, fastv_layer)
   for b in batches:
-    times, err = _measure_batch(setup, ref_fn, ref_w, config, b, runs, ks[0],
+    times, err, memory = _measure_batch(setup, ref_fn, ref_w, config, b, runs, ks[0],
                                 n_text=n_text, repeats=repeats, seed=seed,
                                 log=log, methods=mset)
     if mset is not None:
       out["methods"]["records"].extend(method_stages.method_records(
           methods, mset[1], b, n, n_text, ks, times))
+    peak_bytes = process_peak(dev)[1]
     records = batch_records(config, setup.method.scorer, b, n_text,
                             decode_tokens, dtype.itemsize, runs, times,
-                            out["peak_flops"], out["peak_bandwidth"])
+                            out["peak_flops"], out["peak_bandwidth"],
+                            memory, peak_bytes)
     out["records"].extend(records)
     project = next(r for r in records if r["pruned"] and r["k"] == ks[0])
     out["reference"].append(reference.reference_entry(
@@ -324,6 +333,8 @@ def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   config = _config(args, parser)
+  from autoselect_jax.benchmarks import throughput
+  throughput.check_args(args, parser, config.num_image_tokens)
   _check_args(args, parser, config.num_image_tokens, config.llm.depth)
   out_dir = os.path.dirname(os.path.abspath(args.out))
   if not os.path.isdir(out_dir):
@@ -350,6 +361,17 @@ def main(argv=None) -> int:
   def save(res, complete=False):
     write_json(args.out, {**head, **res, "complete": complete})
 
+  if args.throughput:
+    res = throughput.run_throughput(
+        config, params, dtype_name=args.dtype, ks=args.k, batches=args.batch,
+        repeats=args.repeats, n_text=args.n_text, new_tokens=args.new_tokens,
+        seed=args.seed, init=args.init, scan_layers=args.scan_layers,
+        scorer_width=args.scorer_width,
+        memory_budget_gb=args.memory_budget_gb, log=log, on_batch=save)
+    save(res, complete=True)
+    print(throughput.format_table({**head, **res}))
+    log(f"wrote {args.out}")
+    return 0
   res = run_benchmark(config, params, dtype_name=args.dtype, ks=args.k,
                       batches=args.batch, repeats=args.repeats,
                       n_text=args.n_text, decode_tokens=args.decode_tokens,

@@ -20,8 +20,11 @@ RECORD_FIELDS = [
     "k", "batch", "encode_ms", "pruner_ms", "prefill_ms",
     "decode_ms_per_token", "prefill_speedup", "flop_ideal_speedup",
     "roofline_ideal_speedup", "roofline_fraction", "pruner_share",
-    "pruner_flop_share"]
-TIMED = ["encode_ms", "pruner_ms", "prefill_ms", "decode_ms_per_token"]
+    "pruner_flop_share", "ttft_ms", "ttft_sum_ms", "ttft_speedup",
+    "ttft_roofline_ideal_speedup", "ttft_roofline_fraction",
+    "ttft_memory_bytes", "prefill_memory_bytes", "process_peak_bytes"]
+TIMED = ["encode_ms", "pruner_ms", "prefill_ms", "decode_ms_per_token",
+         "ttft_ms"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +72,11 @@ def test_json_has_every_field(tiny_run, capsys):
     else:
       assert r["k"] == 16 and r["prefill_speedup"] == 1.0
       assert r["pruner_ms"] == 0.0 and r["pruner_flop_share"] == 0.0
+      assert r["ttft_speedup"] == 1.0 == r["ttft_roofline_ideal_speedup"]
+    # The one call's XLA plan holds at least its weights, and the prefill's
+    # own plan (weights + its cache) is part of it.
+    assert r["ttft_memory_bytes"] > r["prefill_memory_bytes"] > 0
+    assert r["process_peak_bytes"] > 0
   assert [e["batch"] for e in res["reference"]] == [1, 2]
   for e in res["reference"]:
     for name in ("full_ms", "pruned_ms", "speedup", "vs_reference"):
@@ -76,7 +84,11 @@ def test_json_has_every_field(tiny_run, capsys):
     # Same weights and inputs as the project: same logits.
     assert e["logits_rel_err_vs_project"] < 1e-4
   assert set(res["targets"]) == {"prefill_roofline", "pruner_share",
-                                 "decode_not_slower", "vs_reference"}
+                                 "decode_not_slower", "vs_reference",
+                                 "reference_time", "ttft_roofline"}
+  for e in res["reference"]:
+    assert e["full_time_vs_reference"] > 0
+    assert e["pruned_time_vs_reference"] > 0
   for tgt in res["targets"].values():
     assert isinstance(tgt["pass"], bool) and tgt["entries"]
   table = bench.format_table(res)
@@ -88,17 +100,23 @@ TOP_KEYS = [
     "variant", "command", "device", "layer_layout", "platform", "dtype",
     "n_visual", "n_text", "decode_tokens", "repeats", "llm_layers",
     "vision_layers", "peak_flops", "peak_bandwidth", "peak_kernels", "pruner",
-    "scorer_width", "records", "reference", "targets", "complete"]
+    "scorer_width", "process_peak_source", "records", "reference", "targets",
+    "complete"]
 RECORD_KEYS = [
     "k", "batch", "pruned", "n_visual", "prefix_length"] + [
-        f"{name}{end}" for name in TIMED for end in ("", "_min", "_max")] + [
+        f"{name}{end}" for name in TIMED[:4] for end in ("", "_min", "_max")] + [
     "prefill_flops", "prefill_bytes", "prefill_roofline_ms", "scorer_flops",
     "prefill_speedup", "flop_ideal_speedup", "roofline_ideal_speedup",
     "roofline_fraction", "prefill_roofline_fraction_abs", "pruner_share",
-    "pruner_flop_share", "ttft_ms"]
+    "pruner_flop_share", "ttft_ms", "ttft_ms_min", "ttft_ms_max",
+    "ttft_sum_ms", "ttft_speedup", "ttft_flops", "ttft_bytes",
+    "ttft_roofline_ms", "ttft_roofline_ideal_speedup",
+    "ttft_roofline_fraction", "ttft_roofline_fraction_abs",
+    "ttft_memory_bytes", "prefill_memory_bytes", "process_peak_bytes"]
 REFERENCE_KEYS = [
     "batch", "k", "full_length", "pruned_length", "full_ms", "pruned_ms",
-    "speedup", "logits_rel_err_vs_project", "vs_reference"]
+    "speedup", "logits_rel_err_vs_project", "vs_reference",
+    "full_time_vs_reference", "pruned_time_vs_reference"]
 
 
 def test_json_keys_and_their_order(tiny_run):
@@ -166,6 +184,38 @@ def test_scorer_cost_matches_a_hand_count():
   c = cost.scorer(1, 1, dv, itemsize=1)
   acts = 2 * 2 * (5 * dv + 4 * dv)
   assert c.bytes == n_params + acts + dv
+
+
+def test_encoder_and_ttft_cost_match_a_hand_count():
+  vlm = VLM(get_variant("tiny"))
+  c = vlm.config.vision
+  b, n, d, f, p = 2, c.num_tokens, c.width, c.mlp_dim, c.patch_size
+  enc = cost.encoder(c, b, itemsize=1)
+  # Per token: q, k, v, out (4 d^2) + MLP d -> f -> d; attention 2 x n x d.
+  assert enc.layer.flops == 2 * b * n * (4 * d * d + 2 * d * f) + \
+      2 * 2 * b * n * n * d
+  assert enc.depth == c.depth
+  assert enc.head.flops == 2 * b * n * p * p * 3 * d   # The patch embedding.
+  # One block's weights are the model's own parameter count (itemsize 1).
+  block = vlm.abstract_params()["img"]["Transformer"]["encoderblock"]
+  n_params = sum(math.prod(a.shape[1:])  # Without the stacked layer axis.
+                 for a in jax.tree_util.tree_leaves(block))
+  acts = 2 * b * n * (5 * d + f)
+  assert enc.layer.bytes == n_params + acts
+  # TTFT = encoder + projector on the kept tokens + prefill (+ the Scorer).
+  t, k = 4, 5
+  sc = cost.scorer(b, n, d)
+  full = cost.ttft(vlm.config, b, n, t, 4)
+  pruned = cost.ttft(vlm.config, b, k, t, 4, sc)
+  parts = lambda kept: (cost.encoder(c, b, 4).flops
+                        + 2 * b * kept * d * vlm.config.llm.width
+                        + cost.prefill(vlm.config.llm, b, kept + t, 4).flops)
+  assert full.flops == parts(n)
+  assert pruned.flops == parts(k) + sc.flops
+  # Its roofline is summed per component (the Scorer's own included).
+  assert pruned.time(1e9, 1e9) == pytest.approx(
+      sum(part.time(1e9, 1e9) for part in pruned.parts))
+  assert pruned.parts[-1] == sc and len(full.parts) == 3
 
 
 def test_hash_params_are_finite_and_shaped():
@@ -274,7 +324,7 @@ def methods_run(tmp_path_factory):
 def test_methods_json_has_a_record_per_method_and_k(methods_run):
   res = methods_run
   # The core JSON is unchanged; the methods block comes after `reference`.
-  assert list(res) == TOP_KEYS[:19] + ["methods"] + TOP_KEYS[19:]
+  assert list(res) == TOP_KEYS[:20] + ["methods"] + TOP_KEYS[20:]
   assert all(list(r) == RECORD_KEYS for r in res["records"])
   block = res["methods"]
   assert block["names"] == ALL_METHODS and block["fastv_layer"] == 1

@@ -12,14 +12,20 @@ from autoselect_jax.benchmarks.timing import stats
 
 def batch_records(config, scorer, batch: int, n_text: int, decode_tokens: int,
                   itemsize: int, runs, times, peak_flops: float,
-                  peak_bandwidth: float) -> list[dict]:
+                  peak_bandwidth: float, memory=None,
+                  process_peak_bytes: float = 0.0) -> list[dict]:
   """One record per run (k, pruned), in `runs` order.
 
   scorer: the `Scorer` module (its width, depth and MLP ratio feed the cost
   model); times: `time_rounds` output with keys "encode", ("pruner", k),
-  ("prefill", k, pruned), ("decode", k, pruned); the full run (N, False)
-  must be among `runs`. Times are medians / min / max in ms; speedups are
-  over the full prefill of the same batch.
+  ("prefill", k, pruned), ("decode", k, pruned), ("ttft", k, pruned); the
+  full run (N, False) must be among `runs`. Times are medians / min / max in
+  ms; speedups are over the full model of the same batch. memory: {run:
+  {"ttft": plan, "prefill": plan}} (`stages.memory_plan`); process_peak_bytes:
+  the process's high-water mark after the batch (`timing.process_peak`).
+
+  TTFT is measured as one call (`prune.prefill_images`, pixels to the first
+  token's logits); `ttft_sum_ms` is the sum of the stage medians beside it.
   """
   from autoselect_jax.inference import cost
   n, t, m, b = config.num_image_tokens, n_text, decode_tokens, batch
@@ -28,6 +34,8 @@ def batch_records(config, scorer, batch: int, n_text: int, decode_tokens: int,
   full_ms = stats(times[("prefill", n, False)], "x")["x"]
   scorer_cost = cost.scorer(b, n, config.vision.width, scorer.width,
                             scorer.num_layers, scorer.mlp_ratio, itemsize)
+  ttft_full_ms = stats(times[("ttft", n, False)], "x")["x"]
+  ttft_full_roof = cost.ttft(config, b, n, t, itemsize).time(pf, pb)
   records = []
   for k, pruned in runs:
     c = cost.prefill(config.llm, b, k + t, itemsize)
@@ -55,6 +63,23 @@ def batch_records(config, scorer, batch: int, n_text: int, decode_tokens: int,
     rec["prefill_roofline_fraction_abs"] = roof * 1e3 / rec["prefill_ms"]
     rec["pruner_share"] = rec["pruner_ms"] / full_ms
     rec["pruner_flop_share"] = rec["scorer_flops"] / full_cost.flops
-    rec["ttft_ms"] = rec["encode_ms"] + rec["pruner_ms"] + rec["prefill_ms"]
+    rec.update(stats(times[("ttft", k, pruned)], "ttft_ms"))
+    rec["ttft_sum_ms"] = (rec["encode_ms"] + rec["pruner_ms"]
+                          + rec["prefill_ms"])
+    tc = cost.ttft(config, b, k, t, itemsize,
+                   scorer_cost if pruned else None)
+    roof = tc.time(pf, pb)
+    rec.update(ttft_speedup=ttft_full_ms / rec["ttft_ms"],
+               ttft_flops=tc.flops, ttft_bytes=tc.bytes,
+               ttft_roofline_ms=roof * 1e3,
+               ttft_roofline_ideal_speedup=ttft_full_roof / roof)
+    rec["ttft_roofline_fraction"] = (rec["ttft_speedup"]
+                                     / rec["ttft_roofline_ideal_speedup"])
+    rec["ttft_roofline_fraction_abs"] = roof * 1e3 / rec["ttft_ms"]
+    plans = (memory or {}).get((k, pruned), {})
+    rec["ttft_memory_bytes"] = plans.get("ttft", {}).get("total_bytes", 0)
+    rec["prefill_memory_bytes"] = plans.get("prefill", {}).get(
+        "total_bytes", 0)
+    rec["process_peak_bytes"] = process_peak_bytes
     records.append(rec)
   return records

@@ -134,8 +134,10 @@ def timed_calls(fn, w, inputs) -> list:
 def reference_entry(batch: int, n: int, t: int, k: int, times, err: float,
                     project_speedup: float) -> dict:
   """The JSON's `reference` entry of one batch: medians of `times`
-  ("ref", pruned) in ms, the reference's full / pruned speedup, and the
-  project's prefill speedup at the same K over it (`vs_reference`)."""
+  ("ref", pruned) in ms, the reference's full / pruned speedup, the
+  project's prefill speedup at the same K over it (`vs_reference`), and
+  each project prefill's time over the reference's (`*_time_vs_reference`,
+  from the ("prefill", k, pruned) times)."""
   import statistics
   full = statistics.median(times[("ref", False)]) * 1e3
   pruned = statistics.median(times[("ref", True)]) * 1e3
@@ -143,4 +145,7 @@ def reference_entry(batch: int, n: int, t: int, k: int, times, err: float,
            "pruned_length": k + t, "full_ms": full, "pruned_ms": pruned,
            "speedup": full / pruned, "logits_rel_err_vs_project": err}
   entry["vs_reference"] = project_speedup / entry["speedup"]
+  project = lambda key: statistics.median(times[key]) * 1e3
+  entry["full_time_vs_reference"] = project(("prefill", n, False)) / full
+  entry["pruned_time_vs_reference"] = project(("prefill", k, True)) / pruned
   return entry

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 
+from autoselect_jax.benchmarks.timing import process_peak
+
 # Targets (the `targets` block of the JSON).
 ROOFLINE_TARGET = 0.9       # pruned prefill speedup / roofline ideal, smallest K
 PRUNER_SHARE_LIMIT = 1.5    # pruner time share <= this x its FLOP share
 DECODE_TOLERANCE = 0.03     # pruned decode <= full decode x (1 + this): timer noise
 REFERENCE_TARGET = 0.9      # project speedup / plain-JAX reference speedup
+REFERENCE_TIME_LIMIT = 1.2  # project prefill time / plain-JAX time
+TTFT_ROOFLINE_TARGET = 0.9  # TTFT speedup / its roofline ideal, smallest K
 
 
 def header(device, config, *, dtype_name: str, n_text: int,
@@ -29,6 +33,7 @@ def header(device, config, *, dtype_name: str, n_text: int,
       "peak_kernels": {"flops": peak, "bandwidth": bandwidth},
       "pruner": "Scorer + top-K + gather of the kept features (no projector)",
       "scorer_width": scorer_width or config.vision.width,
+      "process_peak_source": process_peak(device)[0],
       "records": [], "reference": [],
   }
 
@@ -59,6 +64,15 @@ def targets(records, reference) -> dict:
                 "pass": ratio <= 1.0 + DECODE_TOLERANCE})
   ref = [{"batch": e["batch"], "vs_reference": e["vs_reference"],
           "pass": e["vs_reference"] >= REFERENCE_TARGET} for e in reference]
+  ref_time = [{"batch": e["batch"], "full": e["full_time_vs_reference"],
+               "pruned": e["pruned_time_vs_reference"],
+               "pass": max(e["full_time_vs_reference"],
+                           e["pruned_time_vs_reference"])
+               <= REFERENCE_TIME_LIMIT} for e in reference]
+  ttft = [{"batch": r["batch"], "k": r["k"], "ttft_speedup": r["ttft_speedup"],
+           "ttft_roofline_fraction": r["ttft_roofline_fraction"],
+           "pass": r["ttft_roofline_fraction"] >= TTFT_ROOFLINE_TARGET}
+          for r in pruned if r["k"] == k_min]
   return {
       "prefill_roofline": {
           "description": f"pruned prefill speedup at the smallest K >= "
@@ -77,6 +91,15 @@ def targets(records, reference) -> dict:
           "description": f"project prefill speedup >= {REFERENCE_TARGET} x "
                          "plain-JAX reference speedup (smallest K)",
           "entries": ref, "pass": _pass(ref)},
+      "reference_time": {
+          "description": f"each project prefill (full, smallest K) <= "
+                         f"{REFERENCE_TIME_LIMIT} x the plain-JAX time",
+          "entries": ref_time, "pass": _pass(ref_time)},
+      "ttft_roofline": {
+          "description": f"TTFT speedup (one call, pixels to first token) "
+                         f"at the smallest K >= {TTFT_ROOFLINE_TARGET} x its "
+                         "roofline ideal speedup",
+          "entries": ttft, "pass": _pass(ttft)},
   }
 
 
@@ -92,7 +115,9 @@ def format_table(res: dict) -> str:
       "times: median ms [min-max]",
       f"{'batch':>5} {'k':>4} {'encode':>8} {'pruner':>8} "
       f"{'prefill':>21} {'decode/tok':>10} {'speedup':>7} {'flop-id':>7} "
-      f"{'roof-id':>7} {'frac':>5} {'prun-sh':>7} {'flop-sh':>7}"]
+      f"{'roof-id':>7} {'frac':>5} {'prun-sh':>7} {'flop-sh':>7} "
+      f"{'ttft':>9} {'stage-sum':>9} {'ttft-x':>6} {'ttft-id':>7} "
+      f"{'mem MB':>8}"]
   for r in res["records"]:
     pre = (f"{r['prefill_ms']:8.2f} [{r['prefill_ms_min']:.1f}-"
            f"{r['prefill_ms_max']:.1f}]")
@@ -101,14 +126,19 @@ def format_table(res: dict) -> str:
         f"{r['pruner_ms']:8.2f} {pre:>21} {r['decode_ms_per_token']:10.2f} "
         f"{r['prefill_speedup']:7.2f} {r['flop_ideal_speedup']:7.2f} "
         f"{r['roofline_ideal_speedup']:7.2f} {r['roofline_fraction']:5.2f} "
-        f"{r['pruner_share']:7.3f} {r['pruner_flop_share']:7.3f}")
+        f"{r['pruner_share']:7.3f} {r['pruner_flop_share']:7.3f} "
+        f"{r['ttft_ms']:9.2f} {r['ttft_sum_ms']:9.2f} "
+        f"{r['ttft_speedup']:6.2f} {r['ttft_roofline_ideal_speedup']:7.2f} "
+        f"{r['ttft_memory_bytes'] / 2 ** 20:8.1f}")
   lines.append("plain-JAX reference (same weights, inputs, dtype, dense mask):")
   for e in res["reference"]:
     lines.append(
         f"  batch {e['batch']}: {e['full_length']} tokens {e['full_ms']:.2f} "
         f"ms, {e['pruned_length']} tokens {e['pruned_ms']:.2f} ms, speedup "
         f"{e['speedup']:.2f}x; project/reference {e['vs_reference']:.3f} "
-        f"(logits rel. err {e['logits_rel_err_vs_project']:.1e})")
+        f"(logits rel. err {e['logits_rel_err_vs_project']:.1e}); project "
+        f"time / reference: full {e['full_time_vs_reference']:.2f}, pruned "
+        f"{e['pruned_time_vs_reference']:.2f}")
   lines.append("targets:")
   for name, tgt in res.get("targets", {}).items():
     lines.append(f"  {'PASS' if tgt['pass'] else 'FAIL'} {name}: "

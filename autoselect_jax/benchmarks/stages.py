@@ -21,13 +21,16 @@ class Stages(NamedTuple):
   make_prefix: Callable
   prefill: Callable
   decode_steps: Callable
+  ttft: Callable
 
 
 class Prefilled(NamedTuple):
-  """One run after its warm-up: the prefix, prefill's output, K + T."""
+  """One run after its warm-up: the prefix, prefill's output, K + T, and
+  XLA's memory plan of its TTFT call and of its prefill (`memory_plan`)."""
   prefix: Any
   prefill_out: tuple
   length: int
+  memory: dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +42,21 @@ class StageSetup:
   scorer_params: Any
   stages: Stages
   decode_tokens: int  # M.
+  pruner: Any = None  # The Scorer as an `inference.pruners` Pruner (TTFT).
+  pruner_params: Any = None
 
 
 def make_stages() -> Stages:
   """encode: images (B, H, W, 3) -> features (B, N, Dv); prune: Scorer +
   top-K + gather -> ((B, K, Dv), idx (B, K)); make_prefix: project + text;
   prefill: into a cache of `cache_size` slots; decode_steps: `steps` greedy
-  steps in one `fori_loop`, returning the last logits."""
+  steps in one `fori_loop`, returning the last logits; ttft: the deployed
+  one-call path from pixels to the first token's logits
+  (`prune.jit_prefill_images`, what `Pipeline.generate` runs)."""
   import jax
   import jax.numpy as jnp
   from autoselect_jax.inference import decode
+  from autoselect_jax.inference.prune import jit_prefill_images
   from autoselect_jax.method import forward, selection
 
   @functools.partial(jax.jit, static_argnums=0)
@@ -64,9 +72,7 @@ def make_stages() -> Stages:
   def make_prefix(vlm, params, visual_features, visual_positions, tokens):
     visual = vlm.project(params, visual_features)
     return vlm.sequence(params, visual, visual_positions,
-                        vlm.num_visual_tokens, tokens,
-                        jnp.ones(tokens.shape, bool),
-                        jnp.zeros(tokens.shape, jnp.int32))
+                        vlm.num_visual_tokens, tokens, *_prompt_masks(tokens))
 
   @functools.partial(jax.jit, static_argnums=(0, 3))
   def prefill(vlm, params, prefix, cache_size):
@@ -82,7 +88,34 @@ def make_stages() -> Stages:
                            cache_mask, start + t)
     return jax.lax.fori_loop(0, steps, body, (logits, cache, cache_mask))[0]
 
-  return Stages(encode, prune, make_prefix, prefill, decode_steps)
+  return Stages(encode, prune, make_prefix, prefill, decode_steps,
+                jit_prefill_images)
+
+
+def _ttft_call(setup: StageSetup, k: int, pruned: bool):
+  """The TTFT call of one run: fn(vlm, params, images, tokens, input_mask,
+  mask_ar), the prompt all real and all in the bidirectional prefix."""
+  return functools.partial(
+      setup.stages.ttft, k=k, new_tokens=setup.decode_tokens,
+      pruner=setup.pruner if pruned else None,
+      pruner_params=setup.pruner_params if pruned else None)
+
+
+def _prompt_masks(tokens):
+  import jax.numpy as jnp
+  return jnp.ones(tokens.shape, bool), jnp.zeros(tokens.shape, jnp.int32)
+
+
+def memory_plan(jitted, *args, **kwargs) -> dict:
+  """XLA's buffer plan of one compiled call, in bytes: arguments, outputs,
+  temporaries and their total (arguments + outputs + temporaries - aliased),
+  the device memory the call needs while it runs."""
+  m = jitted.lower(*args, **kwargs).compile().memory_analysis()
+  plan = {"argument_bytes": m.argument_size_in_bytes,
+          "output_bytes": m.output_size_in_bytes,
+          "temp_bytes": m.temp_size_in_bytes}
+  plan["total_bytes"] = (sum(plan.values()) - m.alias_size_in_bytes)
+  return plan
 
 
 def batch_inputs(config, batch: int, n_text: int, seed: int):
@@ -123,14 +156,22 @@ def warm_up(setup: StageSetup, images, tokens, runs, log):
     length = k + t
     pre = timed(st.prefill, vlm, params, prefix, length + m)[1]
     timed(st.decode_steps, vlm, params, *pre, m, length)
-    state[(k, pruned)] = Prefilled(prefix, pre, length)
+    ttft = _ttft_call(setup, k, pruned)
+    ttft_args = (vlm, params, images, tokens, *_prompt_masks(tokens))
+    timed(ttft, *ttft_args)
+    memory = {"ttft": memory_plan(ttft.func, *ttft_args, **ttft.keywords),
+              "prefill": memory_plan(st.prefill, vlm, params, prefix,
+                                     length + m)}
+    state[(k, pruned)] = Prefilled(prefix, pre, length, memory)
   return features, state
 
 
-def timed_calls(setup: StageSetup, images, features, state, runs) -> list:
+def timed_calls(setup: StageSetup, images, tokens, features, state,
+                runs) -> list:
   """(key, fn, args) of one round: encode, then per run the pruner (pruned
-  runs only), the prefill and the decode steps. Keys: "encode",
-  ("pruner", k), ("prefill", k, pruned), ("decode", k, pruned)."""
+  runs only), the prefill, the decode steps and the one-call TTFT. Keys:
+  "encode", ("pruner", k), ("prefill", k, pruned), ("decode", k, pruned),
+  ("ttft", k, pruned)."""
   st, vlm, params, m = (setup.stages, setup.vlm, setup.params,
                         setup.decode_tokens)
   calls = [("encode", st.encode, (vlm, params, images))]
@@ -143,4 +184,6 @@ def timed_calls(setup: StageSetup, images, features, state, runs) -> list:
                   (vlm, params, run.prefix, run.length + m)))
     calls.append((("decode", k, pruned), st.decode_steps,
                   (vlm, params, *run.prefill_out, m, run.length)))
+    calls.append((("ttft", k, pruned), _ttft_call(setup, k, pruned),
+                  (vlm, params, images, tokens, *_prompt_masks(tokens))))
   return calls

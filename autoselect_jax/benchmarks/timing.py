@@ -31,6 +31,18 @@ def timed(fn, *args):
   return time.perf_counter() - t0, out
 
 
+def process_peak(device) -> tuple[str, float]:
+  """(source, bytes) of the memory high-water mark so far: the device's
+  `peak_bytes_in_use` where JAX reports it (GPU, TPU), else the process's
+  peak resident set size (CPU: the arrays live in host memory)."""
+  import resource
+  mem = device.memory_stats() or {}
+  if "peak_bytes_in_use" in mem:
+    return "device peak_bytes_in_use", float(mem["peak_bytes_in_use"])
+  kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB.
+  return "process peak RSS", float(kib * 1024)
+
+
 def stats(seconds: list[float], name: str, scale: float = 1.0) -> dict:
   """Median / min / max in milliseconds, as name, name_min, name_max."""
   ms = [s * 1e3 / scale for s in seconds]

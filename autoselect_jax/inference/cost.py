@@ -1,4 +1,5 @@
-"""Analytic FLOP and byte model of LLM prefill and of the Scorer, for rooflines.
+"""Analytic FLOP and byte model of the LLM prefill, the SigLIP encoder, the
+projector and the Scorer, and of their sum, time to first token: rooflines.
 
 FLOPs count matmuls only, 2 per multiply-add; norms, RoPE, softmax, GELU and
 top-K are elementwise or sort work, below 1% of a Gemma layer's matmuls, and
@@ -31,10 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from autoselect_jax.models.config import GemmaConfig
+from autoselect_jax.models.config import GemmaConfig, SiglipConfig
 
-__all__ = ["Cost", "PrefillCost", "llm_layer", "llm_head", "prefill",
-           "scorer"]
+__all__ = ["Cost", "PrefillCost", "encoder", "llm_layer", "llm_head",
+           "prefill", "projector", "scorer", "Total", "ttft"]
 
 _F32 = 4  # Logits are float32 whatever the compute dtype.
 
@@ -125,3 +126,61 @@ def scorer(batch: int, n: int, in_width: int, width: int | None = None,
     weights += in_width * w + w
   return Cost(float(flops), float((weights + acts + tokens * in_width)
                                   * itemsize))
+
+
+def encoder(c: SiglipConfig, batch: int, itemsize: int) -> PrefillCost:
+  """`vlm.encode_image`: the patch embedding (as `head`) and `depth` SigLIP
+  blocks over N tokens of width Dv (MLP width F): per token q, k, v, out
+  (4 Dv^2), MLP (2 Dv F), dense attention over N keys (4 N Dv); bytes as
+  `llm_layer` (weights once, each block's input, q, k, v, out and MLP hidden
+  written and read once). The final LayerNorm is left out like norms."""
+  b, n, d, f, p = batch, c.num_tokens, c.width, c.mlp_dim, c.patch_size
+  tokens = b * n
+  flops = 2 * tokens * (4 * d * d + 2 * d * f) + 4 * b * n * n * d
+  weights = 4 * d * d + 2 * d * f + 9 * d + f  # + biases, two LayerNorms
+  acts = 2 * tokens * (5 * d + f)
+  layer = Cost(float(flops), float((weights + acts) * itemsize))
+  patch = p * p * 3
+  embed = Cost(float(2 * tokens * patch * d),
+               float((patch * d + d + tokens * (patch + 2 * d)) * itemsize))
+  return PrefillCost(layer, c.depth, embed)
+
+
+def projector(vision_width: int, width: int, batch: int, kept: int,
+              itemsize: int) -> Cost:
+  """PaliGemma's linear projector on the K kept tokens: Dv -> D."""
+  flops = 2 * batch * kept * vision_width * width
+  nbytes = (vision_width * width + width
+            + batch * kept * (vision_width + width)) * itemsize
+  return Cost(float(flops), float(nbytes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Total:
+  """Components run one after the other (Cost or PrefillCost each)."""
+  parts: tuple
+
+  @property
+  def flops(self) -> float:
+    return sum(part.flops for part in self.parts)
+
+  @property
+  def bytes(self) -> float:
+    return sum(part.bytes for part in self.parts)
+
+  def time(self, peak_flops: float, bandwidth: float) -> float:
+    """Roofline seconds, summed per component."""
+    return sum(part.time(peak_flops, bandwidth) for part in self.parts)
+
+
+def ttft(config, batch: int, kept: int, n_text: int, itemsize: int,
+         scorer_cost: Cost | None = None) -> Total:
+  """Time to first token of a `models.VLM` config keeping `kept` visual
+  tokens: the encoder, the pruner (`scorer_cost`; None for the full model,
+  kept = N), the projector on the kept tokens and the prefill of K + T
+  tokens, as `prune.prefill_images` runs them."""
+  parts = (encoder(config.vision, batch, itemsize),
+           projector(config.vision.width, config.llm.width, batch, kept,
+                     itemsize),
+           prefill(config.llm, batch, kept + n_text, itemsize))
+  return Total(parts + ((scorer_cost,) if scorer_cost is not None else ()))
