@@ -153,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
                  help="the Scorer's width W: 0 (default) keeps the vision "
                  "width Dv; another W adds a linear down-projection before "
                  "its blocks (autoselect.scorer_width)")
+  p.add_argument("--throughput", action="store_true",
+                 help="serving throughput instead of the prefill stages: "
+                 "one jitted call per (batch, K) from pixels to --new-tokens "
+                 "greedy tokens, the full model and AutoSelect "
+                 "(benchmarks/throughput.py)")
+  p.add_argument("--new-tokens", type=int, default=32,
+                 help="--throughput: tokens generated per request, no EOS "
+                 "stop (default 32)")
+  p.add_argument("--memory-budget-gb", type=float, default=None,
+                 help="--throughput: memory budget G x 10^9 bytes for the "
+                 "largest batch that fits (default: the device's "
+                 "bytes_limit; none on CPU)")
   p.add_argument("--out", required=True, help="JSON file to write")
   return p
 
