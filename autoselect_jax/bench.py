@@ -4,7 +4,12 @@
       [--llm-layers L] [--vision-layers L] --k 64,128,192 --batch 1,8 \\
       [--dtype float32|bfloat16] [--repeats R] [--n-text T] \\
       [--decode-tokens M] [--method autoselect,random,...,fastv] \\
-      [--fastv-layer R] --out FILE.json
+      [--fastv-layer R] [--scorer-width W] [--query-chunk C] \\
+      [--throughput [--new-tokens T] [--memory-budget-gb G]] --out FILE.json
+
+--query-chunk C sets the attention blocks of SigLIP and the Scorer
+(`models.attention.QUERY_CHUNK`, 0 = dense) for the whole run.
+--throughput measures serving throughput instead (`benchmarks/throughput.py`).
 
 Without --checkpoint the weights are random (timing does not need trained
 ones), initialised under jit directly on the device and cast there to the
@@ -30,6 +35,15 @@ once per round) so that load drifting on a shared machine hits all alike.
             last token's logits.
   decode    M greedy `decode.extend` steps on the prefilled cache in one
             jitted `lax.fori_loop` (argmax included), divided by M.
+  ttft      time to first token as users get it: one call of
+            `prune.jit_prefill_images`, the function `Pipeline.generate`
+            runs, from pixels to the first token's logits (encode, Scorer,
+            top-K, gather, project, sequence, prefill into K + T + M slots).
+            Each record also keeps the sum of the stage medians beside it
+            (`ttft_sum_ms`), the TTFT speedup over the full model and its
+            roofline ideal (encoder + pruner + projector + prefill in the
+            cost model), and XLA's memory plan of the call
+            (`ttft_memory_bytes`: arguments + outputs + temporaries).
 
 Each record carries the analytic FLOP / byte model of the two prefills
 (autoselect_jax/inference/cost.py) against the device's own peaks, measured
@@ -165,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--throughput: memory budget G x 10^9 bytes for the "
                  "largest batch that fits (default: the device's "
                  "bytes_limit; none on CPU)")
+  p.add_argument("--query-chunk", type=int, default=None,
+                 help="query rows per attention block in SigLIP and the "
+                 "Scorer (default models.attention.QUERY_CHUNK, 256; 0: "
+                 "dense attention, all N rows at once)")
   p.add_argument("--out", required=True, help="JSON file to write")
   return p
 
@@ -206,6 +224,8 @@ def _check_args(args, parser, n: int, llm_depth: int) -> None:
   for b in args.batch:
     if b < 1:
       parser.error(f"--batch must be >= 1, got {b}")
+  if args.query_chunk is not None and args.query_chunk < 0:
+    parser.error(f"--query-chunk must be >= 0, got {args.query_chunk}")
   if args.scorer_width < 0 or args.scorer_width % 16:
     parser.error(f"--scorer-width {args.scorer_width} must be 0 or a "
                  "positive multiple of the Scorer's 16 heads")
@@ -298,6 +318,7 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
   """
   import jax
   import jax.numpy as jnp
+  from autoselect_jax.models import attention
   dtype = jnp.dtype(dtype_name)
   dev = jax.devices()[0]
   n = config.num_image_tokens
@@ -311,7 +332,8 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
   out = header(dev, config, dtype_name=dtype_name, n_text=n_text,
                decode_tokens=decode_tokens, repeats=repeats,
                scan_layers=scan_layers, peak=peak, bandwidth=bw,
-               scorer_width=setup.method.scorer.width)
+               scorer_width=setup.method.scorer.width,
+               query_chunk=attention.QUERY_CHUNK)
   mset = None
   if methods is not None:
     pruners = method_stages.method_pruners(
@@ -352,8 +374,21 @@ def main(argv=None) -> int:
   if not os.path.isdir(out_dir):
     parser.error(f"--out: folder {out_dir} does not exist")
 
+  from autoselect_jax.models import attention
+  previous = attention.QUERY_CHUNK
+  if args.query_chunk is not None:  # Before anything is traced.
+    attention.QUERY_CHUNK = args.query_chunk
+  try:
+    return _run(args, argv, config)
+  finally:
+    attention.QUERY_CHUNK = previous
+
+
+def _run(args, argv, config) -> int:
+  """main after the arguments are checked: the weights, then the run."""
   import jax
   import jax.numpy as jnp
+  from autoselect_jax.benchmarks import throughput
   from autoselect_jax.models import VLM
   log = Log()
   dtype = jnp.dtype(args.dtype)

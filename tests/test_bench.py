@@ -57,6 +57,7 @@ def test_json_has_every_field(tiny_run, capsys):
   assert (res["llm_layers"], res["vision_layers"]) == (2, 2)
   assert res["command"].startswith("python -m autoselect_jax.bench --variant")
   assert res["peak_flops"] > 0 and res["peak_bandwidth"] > 0
+  assert res["query_chunk"] == 256   # models.attention.QUERY_CHUNK.
   records = res["records"]
   assert sorted((r["k"], r["batch"]) for r in records) == [
       (4, 1), (4, 2), (16, 1), (16, 2)]
@@ -100,8 +101,8 @@ TOP_KEYS = [
     "variant", "command", "device", "layer_layout", "platform", "dtype",
     "n_visual", "n_text", "decode_tokens", "repeats", "llm_layers",
     "vision_layers", "peak_flops", "peak_bandwidth", "peak_kernels", "pruner",
-    "scorer_width", "process_peak_source", "records", "reference", "targets",
-    "complete"]
+    "scorer_width", "query_chunk", "process_peak_source", "records",
+    "reference", "targets", "complete"]
 RECORD_KEYS = [
     "k", "batch", "pruned", "n_visual", "prefix_length"] + [
         f"{name}{end}" for name in TIMED[:4] for end in ("", "_min", "_max")] + [
@@ -239,6 +240,8 @@ def test_hash_params_are_finite_and_shaped():
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--variant", "tiny", "--k", "4", "--batch", "0"], "--batch must be >= 1"),
     (["--variant", "tiny", "--llm-layers", "0"], "--llm-layers must be >= 1"),
+    (["--variant", "tiny", "--k", "4", "--query-chunk", "-1"],
+     "--query-chunk must be >= 0"),
     (["--variant", "tiny", "--k", "4", "--scorer-width", "40"],
      "--scorer-width 40 must"),
     (["--variant", "tiny", "--method", "autoselect,topk"],
@@ -324,7 +327,7 @@ def methods_run(tmp_path_factory):
 def test_methods_json_has_a_record_per_method_and_k(methods_run):
   res = methods_run
   # The core JSON is unchanged; the methods block comes after `reference`.
-  assert list(res) == TOP_KEYS[:20] + ["methods"] + TOP_KEYS[20:]
+  assert list(res) == TOP_KEYS[:21] + ["methods"] + TOP_KEYS[21:]
   assert all(list(r) == RECORD_KEYS for r in res["records"])
   block = res["methods"]
   assert block["names"] == ALL_METHODS and block["fastv_layer"] == 1

@@ -18,7 +18,8 @@ TTFT_ROOFLINE_TARGET = 0.9  # TTFT speedup / its roofline ideal, smallest K
 
 def header(device, config, *, dtype_name: str, n_text: int,
            decode_tokens: int, repeats: int, scan_layers: bool, peak: dict,
-           bandwidth: dict, scorer_width: int | None = None) -> dict:
+           bandwidth: dict, scorer_width: int | None = None,
+           query_chunk: int = 0) -> dict:
   """The run's fields before any measurement: device, shapes, peaks, and
   empty `records` / `reference` lists."""
   return {
@@ -33,6 +34,7 @@ def header(device, config, *, dtype_name: str, n_text: int,
       "peak_kernels": {"flops": peak, "bandwidth": bandwidth},
       "pruner": "Scorer + top-K + gather of the kept features (no projector)",
       "scorer_width": scorer_width or config.vision.width,
+      "query_chunk": query_chunk,
       "process_peak_source": process_peak(device)[0],
       "records": [], "reference": [],
   }

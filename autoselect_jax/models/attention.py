@@ -13,7 +13,7 @@ Axes: B batch, N tokens, D width, H heads, E head dim.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -38,7 +38,10 @@ class LastAttention(NamedTuple):
   keys: jax.Array
 
 
-QUERY_CHUNK = 256  # Query rows per block of `attend` (see its docstring).
+# Query rows per block of `attend` (see its docstring) in every SelfAttention
+# without its own `query_chunk`; 0 is dense attention (one block). Read when
+# a function is traced: `bench --query-chunk` sets it before tracing.
+QUERY_CHUNK = 256
 
 
 def _attend_block(q, k, v, mask, rows):
@@ -109,7 +112,8 @@ class SelfAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   self_only: bool = False
   zero_init_out: bool = False
-  query_chunk: int = QUERY_CHUNK  # Query rows per block (see `attend`).
+  # Query rows per block (see `attend`); None reads QUERY_CHUNK at trace time.
+  query_chunk: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, mask=None, return_attention: bool = False):
@@ -130,7 +134,8 @@ class SelfAttention(nn.Module):
     else:
       q = dense("query")(x) * jnp.asarray(e ** -0.5, self.dtype)  # (B,N,H,E)
       k, v = dense("key")(x), dense("value")(x)
-      out, received = attend(q, k, v, mask, query_chunk=self.query_chunk)
+      chunk = QUERY_CHUNK if self.query_chunk is None else self.query_chunk
+      out, received = attend(q, k, v, mask, query_chunk=chunk or x.shape[1])
       if return_attention:
         stats = LastAttention(received=received,
                               keys=k.reshape(*k.shape[:2], d))
