@@ -512,3 +512,39 @@ def test_local_sh_dry_run():
         "--config.distributed.coordinator_address=127.0.0.1:4321 "
         "--config.distributed.num_processes=2 "
         f"--config.distributed.process_id={i}")
+
+
+# ------------------------------------------------------------ GPU benchmark
+
+
+def _gpu_bench(env, out="/tmp/gpu_out"):
+  return subprocess.run(["bash", os.path.join(LAUNCH, "gpu_bench.sh"), out],
+                        env={**os.environ, "DRY_RUN": "1", **env},
+                        capture_output=True, text=True, check=True)
+
+
+def test_gpu_bench_dry_run_lists_every_step_with_valid_bench_flags():
+  from autoselect_jax import bench
+  lines = _gpu_bench({}).stdout.splitlines()
+  assert lines[-1] == "failed steps: 0"
+  steps = [shlex.split(line) for line in lines[:-1]]
+  outs = [a[a.index("--out") + 1] for a in steps if "--out" in a]
+  assert outs == [f"/tmp/gpu_out/{name}.json" for name in (
+      "b224", "b448", "b896", "b896_dense", "b896_narrow", "tp896")]
+  parser = bench.build_parser()
+  for argv in steps[:-1]:
+    assert argv[:3] == ["python3", "-m", "autoselect_jax.bench"]
+    args = parser.parse_args(argv[3:])   # Every flag exists; values parse.
+    assert args.dtype == "bfloat16"
+  assert steps[-1][:3] == ["python3", "-m", "pytest"]
+  for path in steps[-1]:
+    if path.startswith("tests/"):
+      assert os.path.exists(os.path.join(REPO, path)), path
+
+
+def test_gpu_bench_runs_only_the_steps_asked_for():
+  lines = _gpu_bench({"STEPS": "b896_dense tests", "PYTHON": "py"}
+                     ).stdout.splitlines()
+  assert len(lines) == 3 and "--query-chunk 0" in lines[0]
+  assert lines[0].startswith("py -m autoselect_jax.bench")
+  assert lines[1].startswith("py -m pytest")
