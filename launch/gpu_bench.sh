@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the speed section in one command: the prefill and
 # TTFT benchmark at 224, 448 and 896 px (full PaliGemma-3B depth, bfloat16,
-# batch 1 and 8), dense against blocked attention at 896 px, a narrow Scorer,
+# batch 1 and 8), dense against blocked attention at 896 px (the full
+# encoder and the Scorer, `benchmarks.attention_blocks`), a narrow Scorer,
 # serving throughput at 896 px, then the test files that exercise the
 # attention, the deployed pipeline and the benchmark on the GPU.
 #
@@ -11,7 +12,7 @@
 #
 # Not yet run on a GPU: the step times are unknown. A machine lent for ten
 # minutes per command should take it in two calls, STEPS="b224 b448 b896"
-# and then STEPS="b896_dense b896_narrow tp896 tests", each step bounded by
+# and then STEPS="ab896_b1 ab896_b8 b896_narrow tp896 tests", each bounded by
 # STEP_TIMEOUT.
 #
 # Each step writes OUT_DIR/<step>.json (rewritten after every batch, so a step
@@ -25,7 +26,7 @@ out=${1:?usage: launch/gpu_bench.sh OUT_DIR}
 : "${STEP_TIMEOUT:=180}"   # Seconds per step.
 : "${REPEATS:=10}"
 : "${DECODE_TOKENS:=16}"
-: "${STEPS:=b224 b448 b896 b896_dense b896_narrow tp896 tests}"
+: "${STEPS:=b224 b448 b896 ab896_b1 ab896_b8 b896_narrow tp896 tests}"
 : "${DRY_RUN:=0}"
 
 [[ $DRY_RUN == 1 ]] || mkdir -p "$out"
@@ -68,7 +69,11 @@ fi
 bench b224 --variant paligemma-3b-224 --k 64,128,192 --batch 1,8
 bench b448 --variant paligemma-3b-448 --k 128,256 --batch 1,8
 bench b896 --variant paligemma-3b-896 --k 512,1024 --batch 1,8
-bench b896_dense --variant paligemma-3b-896 --k 512 --batch 1,8 --query-chunk 0
+for b in 1 8; do
+  step "ab896_b$b" "$PYTHON" -m autoselect_jax.benchmarks.attention_blocks \
+    --variant paligemma-3b-896 --vision-layers 27 --chunks 0,256,512,1024 \
+    --batch "$b" --dtype bfloat16 --repeats "$REPEATS" --out "$out/ab896_b$b.json"
+done
 bench b896_narrow --variant paligemma-3b-896 --k 512 --batch 1,8 --scorer-width 256
 step tp896 "$PYTHON" -m autoselect_jax.bench --throughput --dtype bfloat16 \
   --variant paligemma-3b-896 --k 512 --batch 1,8,32 --new-tokens 64 \

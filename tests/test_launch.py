@@ -525,16 +525,20 @@ def _gpu_bench(env, out="/tmp/gpu_out"):
 
 def test_gpu_bench_dry_run_lists_every_step_with_valid_bench_flags():
   from autoselect_jax import bench
+  from autoselect_jax.benchmarks import attention_blocks
   lines = _gpu_bench({}).stdout.splitlines()
   assert lines[-1] == "failed steps: 0"
   steps = [shlex.split(line) for line in lines[:-1]]
   outs = [a[a.index("--out") + 1] for a in steps if "--out" in a]
   assert outs == [f"/tmp/gpu_out/{name}.json" for name in (
-      "b224", "b448", "b896", "b896_dense", "b896_narrow", "tp896")]
-  parser = bench.build_parser()
+      "b224", "b448", "b896", "ab896_b1", "ab896_b8", "b896_narrow",
+      "tp896")]
+  parsers = {"autoselect_jax.bench": bench.build_parser(),
+             "autoselect_jax.benchmarks.attention_blocks":
+                 attention_blocks.build_parser()}
   for argv in steps[:-1]:
-    assert argv[:3] == ["python3", "-m", "autoselect_jax.bench"]
-    args = parser.parse_args(argv[3:])   # Every flag exists; values parse.
+    assert argv[:2] == ["python3", "-m"]
+    args = parsers[argv[2]].parse_args(argv[3:])  # Flags exist and parse.
     assert args.dtype == "bfloat16"
   assert steps[-1][:3] == ["python3", "-m", "pytest"]
   for path in steps[-1]:
@@ -543,8 +547,8 @@ def test_gpu_bench_dry_run_lists_every_step_with_valid_bench_flags():
 
 
 def test_gpu_bench_runs_only_the_steps_asked_for():
-  lines = _gpu_bench({"STEPS": "b896_dense tests", "PYTHON": "py"}
+  lines = _gpu_bench({"STEPS": "b896_narrow tests", "PYTHON": "py"}
                      ).stdout.splitlines()
-  assert len(lines) == 3 and "--query-chunk 0" in lines[0]
+  assert len(lines) == 3 and "--scorer-width 256" in lines[0]
   assert lines[0].startswith("py -m autoselect_jax.bench")
   assert lines[1].startswith("py -m pytest")
