@@ -5,7 +5,8 @@
       [--dtype float32|bfloat16] [--repeats R] [--n-text T] \\
       [--decode-tokens M] [--method autoselect,random,...,fastv] \\
       [--fastv-layer R] [--scorer-width W] [--query-chunk C] \\
-      [--throughput [--new-tokens T] [--memory-budget-gb G]] --out FILE.json
+      [--throughput [--new-tokens T] [--memory-budget-gb G] \\
+      [--max-batch-compiles C]] --out FILE.json
 
 --query-chunk C sets the attention blocks of SigLIP and the Scorer
 (`models.attention.QUERY_CHUNK`, 0 = dense) for the whole run.
@@ -179,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="--throughput: memory budget G x 10^9 bytes for the "
                  "largest batch that fits (default: the device's "
                  "bytes_limit; none on CPU)")
+  p.add_argument("--max-batch-compiles", type=int, default=12,
+                 help="--throughput: compiles (never runs) of the generate "
+                 "call around the memory line's max batch, to find the "
+                 "largest batch that fits the budget (default 12; 0: the "
+                 "line's guess alone)")
   p.add_argument("--query-chunk", type=int, default=None,
                  help="query rows per attention block in SigLIP and the "
                  "Scorer (default models.attention.QUERY_CHUNK, 256; 0: "
@@ -414,7 +420,8 @@ def _run(args, argv, config) -> int:
         repeats=args.repeats, n_text=args.n_text, new_tokens=args.new_tokens,
         seed=args.seed, init=args.init, scan_layers=args.scan_layers,
         scorer_width=args.scorer_width,
-        memory_budget_gb=args.memory_budget_gb, log=log, on_batch=save)
+        memory_budget_gb=args.memory_budget_gb, log=log, on_batch=save,
+        max_batch_compiles=args.max_batch_compiles)
     save(res, complete=True)
     print(throughput.format_table({**head, **res}))
     log(f"wrote {args.out}")

@@ -119,20 +119,59 @@ def test_max_batch_is_the_two_point_fit_against_the_budget(tp_run):
     slope = p2["total_bytes"] - p1["total_bytes"]
     assert e["slope_bytes_per_request"] == slope > 0
     assert e["intercept_bytes"] == p1["total_bytes"] - slope
-    assert e["max_batch"] == math.floor(
+    assert e["max_batch_line"] == math.floor(
         (budget - e["intercept_bytes"]) / slope) > 0
+    # Compiled, never guessed: the bracket fits and its upper end does not
+    # (max_batch when they are one request apart).
+    compiled = {p["batch"]: p["total_bytes"] for p in e["verify_compiled"]
+                + e["points"]}
+    lo, hi = e["max_batch_fits"], e["max_batch_over"]
+    assert compiled[lo] <= budget < compiled[hi]
+    assert e["max_batch"] == (lo if hi == lo + 1 else None)
     assert e["checks"] == []      # Batches 1 and 2 are the fit's own.
     # The fit's points are the compiled memory of the timed calls.
     for p in (p1, p2):
       assert records[(p["batch"], k)]["compiled_memory"] == {
           key: p[key] for key in MEMORY_KEYS}
   assert entries[N]["max_batch_vs_full"] is None
-  assert entries[4]["max_batch_vs_full"] == pytest.approx(
-      entries[4]["max_batch"] / entries[N]["max_batch"])
+  pruned, full = entries[4]["max_batch"], entries[N]["max_batch"]
+  if pruned is not None and full:
+    assert entries[4]["max_batch_vs_full"] == pytest.approx(pruned / full)
+  else:
+    assert entries[4]["max_batch_vs_full"] is None
   table = throughput.format_table(tp_run)
   rows = [line for line in table.splitlines() if line.startswith("|")]
   assert len(rows) == 1 + 1 + 4               # header, rule, four records
   assert "0.01 GB (--memory-budget-gb)" in table
+
+
+@pytest.mark.parametrize("memory, guess", [
+    (lambda b: 100 + 50 * b + 2 * b * b, 198),  # Grows faster than the line.
+    (lambda b: 100 + 50 * b + 2 * b * b, 10),
+    (lambda b: 100 + 50 * b, 18),               # The line is exact.
+    (lambda b: 1000 + 3 * b ** 1.5, 5000),
+    (lambda b: 5000 * b, 3),                    # Not even one request fits.
+    (lambda b: 100 + 30 * b + (b > 190) * 4000, 330),  # XLA's plan jumps.
+])
+def test_verify_max_batch_finds_the_largest_batch_that_fits(memory, guess):
+  budget = 10000
+  want = max([b for b in range(1, 10 ** 5) if memory(b) <= budget], default=0)
+  known = [{"batch": b, "total_bytes": memory(b)} for b in (1, 2)]
+  calls = []
+  found = memory_fit.verify_max_batch(
+      lambda b: calls.append(b) or memory(b), guess, budget, known)
+  assert found["max_batch"] == want
+  assert [c["batch"] for c in found["compiled"]] == calls  # Each compiled once.
+  assert len(calls) <= 12 and 1 not in calls and 2 not in calls
+
+
+def test_verify_max_batch_gives_up_after_its_compiles():
+  found = memory_fit.verify_max_batch(lambda b: b, 10 ** 6, 10 ** 9 - 0.5,
+                                      max_compiles=3)
+  assert found["max_batch"] is None and len(found["compiled"]) == 3
+  # The bracket so far: the largest batch seen to fit, none seen over.
+  assert found["fits"] == max(c["batch"] for c in found["compiled"])
+  assert found["over"] is None
 
 
 def test_fit_max_batch_by_hand():
@@ -213,6 +252,8 @@ def test_the_timed_call_generates_decodes_greedy_tokens(tiny_setup, k):
     (["--throughput", "--memory-budget-gb", "nan"],
      "--memory-budget-gb must be > 0"),
     (["--memory-budget-gb", "1"], "--memory-budget-gb needs --throughput"),
+    (["--throughput", "--max-batch-compiles", "-1"],
+     "--max-batch-compiles must be >= 0"),
     (["--throughput", "--method", "grid"], "drop --method"),
     (["--throughput", "--n-text", "4", "--new-tokens", "8173"],
      "N + --n-text + --new-tokens = 16 + 4 + 8173 = 8193 positions, over "

@@ -3,7 +3,10 @@
 XLA's compiled memory of a jitted call (`stages.memory_plan`: compiled,
 never run) at two batches gives a line bytes(B) = intercept + slope * B; the
 weights are the arguments' intercept. max_batch = floor((budget - intercept)
-/ slope). The budget is --memory-budget-gb, else the device's
+/ slope). The line is a first guess: temporaries grow faster than linearly
+at some batches (XLA picks other fusions), so `verify_max_batch` compiles
+the guess and its neighbour and moves it until B fits and B + 1 does not.
+The budget is --memory-budget-gb, else the device's
 memory_stats()["bytes_limit"] (GPU / TPU), else none (CPU).
 """
 
@@ -31,6 +34,62 @@ def fit_max_batch(points: list, budget) -> dict:
   if budget is not None and slope > 0:
     fit["max_batch"] = max(0, math.floor((budget - intercept) / slope))
   return fit
+
+
+def verify_max_batch(compiled_bytes, guess: int, budget: float,
+                     known=(), max_compiles: int = 12) -> dict:
+  """The largest batch whose compiled memory fits `budget`, by compiling.
+
+  compiled_bytes(B) -> the call's compiled total bytes at batch B (compile
+  only); known: [{"batch", "total_bytes"}] already compiled (the fit's
+  points). Keeps the largest batch that fits (lo) and the smallest that does
+  not (hi), starting from `guess` (the line's max_batch); the next batch
+  comes, in turn, from the line through the two largest batches that fit,
+  from the line through lo and hi, and from halving the bracket (doubling
+  lo while nothing is over), so a memory curve that bends or jumps still
+  closes in.
+  Returns {"max_batch": lo once hi = lo + 1, None if the compiles ran out
+  first; "fits": lo and "over": hi (None: none seen), the bracket so far;
+  "compiled": [{"batch", "total_bytes"}] compiled here, in order}.
+  """
+  seen = {p["batch"]: float(p["total_bytes"]) for p in known}
+  compiled = []
+
+  def at(b):
+    if b not in seen:
+      seen[b] = float(compiled_bytes(b))
+      compiled.append({"batch": b, "total_bytes": seen[b]})
+    return seen[b]
+
+  def bracket():
+    fit = [b for b, y in seen.items() if y <= budget]
+    over = [b for b, y in seen.items() if y > budget]
+    return max(fit, default=0), min(over, default=None)
+
+  def along(b0, b1):  # The batch where the line through b0, b1 meets it.
+    slope = (seen[b1] - seen[b0]) / (b1 - b0)
+    return b1 + math.floor((budget - seen[b1]) / slope) if slope > 0 else None
+
+  b, step = max(1, guess), 0
+  while True:
+    at(b)
+    lo, hi = bracket()
+    if hi == lo + 1 or len(compiled) >= max_compiles:
+      return {"max_batch": lo if hi == lo + 1 else None, "fits": lo,
+              "over": hi, "compiled": compiled}
+    step += 1
+    below = sorted(x for x in seen if seen[x] <= budget)
+    # In turn: the line through the two largest batches that fit (it
+    # overshoots where memory grows faster than linearly), the line through
+    # lo and hi (it undershoots then), and halving the bracket, which is
+    # also the fallback for a line that leaves it (XLA's plan can jump).
+    b = None
+    if step % 3 == 1 and len(below) >= 2:
+      b = along(below[-2], below[-1])
+    elif step % 3 == 2 and hi is not None and lo > 0:
+      b = along(lo, hi)
+    if b is None or b <= lo or (hi is not None and b >= hi):
+      b = 2 * lo if hi is None else (lo + hi) // 2
 
 
 def memory_budget(budget_gb, device) -> tuple:
@@ -73,6 +132,8 @@ def max_batch_block(fits: dict, budget, source, note, records=()) -> dict:
   return {"budget_bytes": budget, "budget_source": source, "note": note,
           "fit_batches": list(FIT_BATCHES),
           "method": "bytes(B) = intercept + slope * B through generate's "
-                    "compiled total_bytes at the two fit batches; max_batch "
-                    "= floor((budget - intercept) / slope)",
+                    "compiled total_bytes at the two fit batches gives "
+                    "max_batch_line = floor((budget - intercept) / slope); "
+                    "max_batch is then found by compiling generate around "
+                    "it (verify_compiled): it fits, max_batch + 1 does not",
           "entries": entries}

@@ -15,7 +15,9 @@ request from pixels (no EOS stop: a fixed amount of work):
                first_token (medians).
 
 The largest batch that fits a memory budget comes from XLA's compiled memory
-of `generate` at B = 1 and B = 2 (`benchmarks.memory_fit`).
+of `generate`: a line through B = 1 and B = 2 gives a guess, and compiling
+(never running) around it finds the B that fits with B + 1 over the budget
+(`benchmarks.memory_fit`).
 
 Axes: B batch, N visual tokens, K kept, T text (prompt), D width.
 """
@@ -30,7 +32,8 @@ from typing import Any, Callable, NamedTuple
 from autoselect_jax.benchmarks.memory_fit import (FIT_BATCHES, GB,
                                                   fit_max_batch,
                                                   max_batch_block,
-                                                  memory_budget)
+                                                  memory_budget,
+                                                  verify_max_batch)
 
 # Gemma's longest sequence (RoPE positions and cache slots), as
 # `inference.pipeline.Pipeline.max_positions`.
@@ -74,6 +77,9 @@ def check_args(args, parser, n: int) -> None:
     if budget is not None:
       parser.error("--memory-budget-gb needs --throughput")
     return
+  if args.max_batch_compiles < 0:
+    parser.error(f"--max-batch-compiles must be >= 0, got "
+                 f"{args.max_batch_compiles}")
   if args.method:
     parser.error("--throughput times the full model and AutoSelect only; "
                  "drop --method (per-method costs are a prefill run)")
@@ -215,21 +221,34 @@ def with_ratios(records: list) -> list:
 
 
 def memory_fits(fns: Functions, setup: Setup, config, runs, *, n_text: int,
-                new_tokens: int, seed: int, budget, log) -> dict:
+                new_tokens: int, seed: int, budget, log,
+                max_batch_compiles: int = 12) -> dict:
   """{(k, pruned): `fit_max_batch`} of generate compiled (not run) at
-  `FIT_BATCHES` for each k in `runs` (N: the full model)."""
+  `FIT_BATCHES` for each k in `runs` (N: the full model); then up to
+  `max_batch_compiles` more compiles per k (`verify_max_batch`, 0: none)
+  replace the line's max_batch (kept as max_batch_line) by one that fits
+  with one more request over the budget, or by None with the bracket
+  found (max_batch_fits, max_batch_over) if the compiles ran out."""
   import jax
   from autoselect_jax.benchmarks.stages import batch_inputs, memory_plan
   n, fits = config.num_image_tokens, {}
   for k in runs:
-    points = []
-    for b in FIT_BATCHES:
+    def plan(b, k=k):
       log(f"compiling generate for the memory fit: k={k} batch {b}")
       images, tokens = (jax.ShapeDtypeStruct(a.shape, a.dtype)
                         for a in batch_inputs(config, b, n_text, seed))
-      points.append({"batch": b, **memory_plan(
-          fns.generate, *call_args(setup, k, new_tokens, images, tokens))})
-    fits[(k, k < n)] = fit_max_batch(points, budget)
+      return {"batch": b, **memory_plan(
+          fns.generate, *call_args(setup, k, new_tokens, images, tokens))}
+    fit = fit_max_batch([plan(b) for b in FIT_BATCHES], budget)
+    fit["max_batch_line"] = fit["max_batch"]
+    if fit["max_batch"] is not None and max_batch_compiles > 0:
+      found = verify_max_batch(lambda b: plan(b)["total_bytes"],
+                               fit["max_batch"], budget, fit["points"],
+                               max_compiles=max_batch_compiles)
+      fit.update(max_batch=found["max_batch"], max_batch_fits=found["fits"],
+                 max_batch_over=found["over"],
+                 verify_compiled=found["compiled"])
+    fits[(k, k < n)] = fit
   return fits
 
 
@@ -237,7 +256,7 @@ def run_throughput(config, params, *, dtype_name: str, ks, batches,
                    repeats: int, n_text: int, new_tokens: int, seed: int,
                    init: str = "hash", scan_layers: bool = False,
                    scorer_width: int = 0, memory_budget_gb=None, log=print,
-                   on_batch=None) -> dict:
+                   on_batch=None, max_batch_compiles: int = 12) -> dict:
   """Times generate and first_token for the full model and each K at each
   batch (warm-up, then `repeats` interleaved rounds per batch); returns the
   JSON dict (without command / variant). `on_batch(result)` after every
@@ -265,7 +284,8 @@ def run_throughput(config, params, *, dtype_name: str, ks, batches,
          "definitions": dict(DEFINITIONS), "records": []}
   budget, source, note = memory_budget(memory_budget_gb, dev)
   fits = memory_fits(fns, setup, config, runs, n_text=n_text,
-                     new_tokens=new_tokens, seed=seed, budget=budget, log=log)
+                     new_tokens=new_tokens, seed=seed, budget=budget, log=log,
+                     max_batch_compiles=max_batch_compiles)
   out["max_batch"] = max_batch_block(fits, budget, source, note)
   for b in batches:
     blog = lambda msg: log(f"batch {b}: {msg}")
@@ -311,6 +331,10 @@ def format_table(res: dict) -> str:
   for r in res["records"]:
     fit = fits.get(r["k"], {})
     most = fit.get("max_batch")
+    if most is None and fit.get("max_batch_fits") is not None:
+      over = fit.get("max_batch_over")
+      most = f">= {fit['max_batch_fits']}" + (
+          f", < {over}" if over is not None else "")
     most = "-" if most is None else (
         f"{most}" + (f" ({fit['max_batch_vs_full']:.2f}x)"
                      if fit.get("max_batch_vs_full") is not None else ""))
