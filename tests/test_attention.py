@@ -68,12 +68,12 @@ def test_self_attention_output_does_not_depend_on_the_chunk():
 
 def test_blocked_attention_keeps_only_a_block_of_scores_live():
   """XLA's buffer plan: at N = 1024 the blocked call's temporaries are a
-  fraction of the dense (B, H, N, N) float32 scores."""
+  fraction of the (B, H, N, N) float32 scores, whatever the backend does
+  with a dense call (XLA CPU fuses the dense one too; a GPU need not)."""
   n, h = 1024, 4
   q = k = v = jax.ShapeDtypeStruct((1, n, h, 16), jnp.float32)
   temp = lambda chunk: jax.jit(lambda q, k, v: attend(
       q, k, v, query_chunk=chunk)[0]).lower(q, k, v).compile(
       ).memory_analysis().temp_size_in_bytes
   scores = h * n * n * 4
-  assert temp(n) >= scores
   assert temp(128) < scores / 2

@@ -45,20 +45,20 @@ QUERY_CHUNK = 256
 
 
 def _attend_block(q, k, v, mask, rows):
-  """Attention of some query rows against every key.
+  """Attention of some query rows against every key, heads leading.
 
-  q: (B, Q, H, E), already scaled; k, v: (B, N, H, E); mask: bool (B, Q, N)
+  q: (B, H, Q, E), already scaled; k, v: (B, H, N, E); mask: bool (B, Q, N)
   or None; rows: (Q,) float32 weights of the query rows in the attention
-  received (1 real, 0 padding). Returns (out (B, Q, H, E) in v's dtype,
+  received (1 real, 0 padding). Returns (out (B, H, Q, E) in v's dtype,
   received (B, N) float32: the probabilities summed over heads and rows).
   """
-  logits = jnp.einsum("bqhe,bkhe->bhqk", q, k,
+  logits = jnp.einsum("bhqe,bhke->bhqk", q, k,
                       preferred_element_type=jnp.float32)      # (B,H,Q,N)
   if mask is not None:
     logits = jnp.where(mask[:, None], logits, NEG_INF)
   probs = jax.nn.softmax(logits, axis=-1)                      # float32
-  out = jnp.einsum("bhqk,bkhe->bqhe", probs.astype(v.dtype), v)
-  return out, jnp.einsum("bhqk,q->bk", probs, rows)
+  out = jnp.einsum("bhqk,bhke->bhqe", probs.astype(v.dtype), v)
+  return out, jnp.sum(probs * rows[:, None], axis=(1, 2))
 
 
 def attend(q, k, v, mask=None, *, query_chunk: int = QUERY_CHUNK):
@@ -69,31 +69,40 @@ def attend(q, k, v, mask=None, *, query_chunk: int = QUERY_CHUNK):
   key receives: probabilities averaged over heads and query rows, (B, N)
   float32). XLA drops `received` when the caller does not use it.
 
+  Heads lead inside (q, k, v as (B, H, N, E)): both products are then plain
+  batched matmuls over (B, H). With tokens leading, XLA CPU transposed the
+  (B, H, Q, N) probabilities for the second product on every call, and
+  attention at N = 4096 was 2-4x slower (docs/benchmark.md).
+
   For N > query_chunk the queries go through `lax.map` in blocks: each row's
   softmax is computed exactly as in one dense call, so the output is the
-  same, but only a (B, H, query_chunk, N) block of scores is live instead of
-  (B, H, N, N): 64 MB instead of 1 GB per layer at N = 4096, H = 16 in
-  float32, and measured 1.6-1.9x faster on CPU (docs/benchmark.md,
-  "Attention at high resolution"). N not divisible by the chunk pads the
-  last block's queries; padded rows are dropped and not counted.
+  same, but at most a (B, H, query_chunk, N) block of scores is live instead
+  of (B, H, N, N): 64 MiB instead of 1 GiB per layer at N = 4096, H = 16 in
+  float32, whether or not the backend fuses dense attention (XLA CPU does;
+  a GPU without a fused kernel writes the scores out). N not divisible by
+  the chunk pads the last block's queries; padded rows are dropped and not
+  counted.
   """
   b, n, h, e = q.shape
+  heads = lambda x: jnp.swapaxes(x, 1, 2)                      # (B,H,N,E)
+  k, v = heads(k), heads(v)
   if n <= query_chunk:
-    out, received = _attend_block(q, k, v, mask, jnp.ones((n,), jnp.float32))
-    return out, received / (h * n)
+    out, received = _attend_block(heads(q), k, v, mask,
+                                  jnp.ones((n,), jnp.float32))
+    return heads(out), received / (h * n)
   blocks = -(-n // query_chunk)
   pad = blocks * query_chunk - n
-  split = lambda x: jnp.moveaxis(  # (B, N, ...) -> (C, B, Q, ...), padded.
-      jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2),
-              constant_values=True if x.dtype == bool else 0)
-      .reshape(b, blocks, query_chunk, *x.shape[2:]), 1, 0)
+  qs = jnp.moveaxis(jnp.pad(heads(q), [(0, 0), (0, 0), (0, pad), (0, 0)])
+                    .reshape(b, h, blocks, query_chunk, e), 2, 0)
+  ms = None if mask is None else jnp.moveaxis(
+      jnp.pad(mask, [(0, 0), (0, pad), (0, 0)], constant_values=True)
+      .reshape(b, blocks, query_chunk, n), 1, 0)              # (C,B,Q,N)
   rows = (jnp.arange(blocks * query_chunk) < n).astype(jnp.float32)
-  xs = (split(q), rows.reshape(blocks, query_chunk),
-        None if mask is None else split(mask))
   outs, received = jax.lax.map(
-      lambda x: _attend_block(x[0], k, v, x[2], x[1]), xs)
-  out = jnp.moveaxis(outs, 0, 1).reshape(b, blocks * query_chunk, h, e)
-  return out[:, :n], jnp.sum(received, axis=0) / (h * n)
+      lambda x: _attend_block(x[0], k, v, x[2], x[1]),
+      (qs, rows.reshape(blocks, query_chunk), ms))            # (C,B,H,Q,E)
+  out = jnp.moveaxis(outs, 0, 2).reshape(b, h, blocks * query_chunk, e)
+  return heads(out[:, :, :n]), jnp.sum(received, axis=0) / (h * n)
 
 
 class SelfAttention(nn.Module):
