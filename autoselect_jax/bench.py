@@ -80,6 +80,7 @@ import shlex
 import sys
 
 from autoselect_jax.benchmarks import methods as method_stages
+from autoselect_jax.benchmarks.args import int_list
 from autoselect_jax.benchmarks import reference, stages
 from autoselect_jax.benchmarks.records import batch_records
 from autoselect_jax.benchmarks.results import (format_table, header, targets,
@@ -96,17 +97,6 @@ DTYPES = ("float32", "bfloat16")
 BENCH_METHODS = ("autoselect", "random", "grid", "norm", "attention",
                  "divprune", "visionzip", "fastv")
 DEFAULT_VARIANT = "paligemma-3b-224"
-
-
-def _int_list(text: str) -> list[int]:
-  try:
-    values = [int(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"expected comma-separated integers, got {text!r}") from None
-  if not values:
-    raise argparse.ArgumentTypeError("expected at least one integer")
-  return values
 
 
 def _method_list(text: str) -> list[str]:
@@ -136,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DEFAULT_VARIANT})")
   p.add_argument("--llm-layers", type=int, help="decoder depth override")
   p.add_argument("--vision-layers", type=int, help="SigLIP depth override")
-  p.add_argument("--k", type=_int_list, default=[64, 128, 192],
+  p.add_argument("--k", type=int_list, default=[64, 128, 192],
                  help="kept visual tokens, comma-separated (default 64,128,192)")
-  p.add_argument("--batch", type=_int_list, default=[1, 8],
+  p.add_argument("--batch", type=int_list, default=[1, 8],
                  help="batch sizes, comma-separated (default 1,8)")
   p.add_argument("--dtype", default="float32", choices=DTYPES)
   p.add_argument("--repeats", type=int, default=2,

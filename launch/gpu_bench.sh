@@ -76,7 +76,7 @@ for b in 1 8; do
 done
 bench b896_narrow --variant paligemma-3b-896 --k 512 --batch 1,8 --scorer-width 256
 step tp896 "$PYTHON" -m autoselect_jax.bench --throughput --dtype bfloat16 \
-  --variant paligemma-3b-896 --k 512 --batch 1,8,32 --new-tokens 64 \
+  --variant paligemma-3b-896 --k 512 --batch 1,8,32 --new-tokens 64 --max-batch-compiles 4 \
   --repeats 3 --out "$out/tp896.json"
 step tests "$PYTHON" -m pytest -q -x -n 0 -p no:cacheprovider \
   tests/test_attention.py tests/test_pipeline.py tests/test_bench.py

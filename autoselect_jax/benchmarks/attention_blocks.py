@@ -25,14 +25,12 @@ import dataclasses
 import shlex
 import sys
 
+from autoselect_jax.benchmarks.args import int_list
+
 
 def _chunks(text: str) -> list[int]:
-  try:
-    values = [int(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"expected comma-separated integers, got {text!r}") from None
-  if not values or min(values) < 0 or len(set(values)) != len(values):
+  values = int_list(text)
+  if min(values) < 0 or len(set(values)) != len(values):
     raise argparse.ArgumentTypeError(
         f"expected distinct integers >= 0 (0 = dense), got {text!r}")
   return values
