@@ -108,6 +108,25 @@ FLAGS_ONLY = {
     "--decode-tokens --out":
         "the full 3B model in bfloat16 needs a GPU (80 s on an H200) and "
         "writes docs/bench_h200_bf16.json",
+    "autoselect_jax.bench --variant --llm-layers --vision-layers --k --batch "
+    "--dtype --repeats --decode-tokens --out":
+        "8 min (896 px) and 12 min (448 px) on this CPU, writing "
+        "docs/bench_896_cpu.json and docs/bench_448_cpu.json; the same stages "
+        "and TTFT call run for real in tests/test_bench.py",
+    "autoselect_jax.bench --variant --llm-layers --vision-layers --k --batch "
+    "--dtype --repeats --decode-tokens --scorer-width --out":
+        "8 min on this CPU and writes docs/bench_896_w256_cpu.json; "
+        "tests/test_bench.py runs --scorer-width on the tiny model",
+    "autoselect_jax.bench --throughput --variant --llm-layers --vision-layers "
+    "--k --batch --new-tokens --dtype --repeats --memory-budget-gb --out":
+        "13 min on this CPU; tests/test_throughput.py runs --throughput end "
+        "to end on the tiny model",
+    "autoselect_jax.benchmarks.attention_blocks --variant --vision-layers "
+    "--chunks --batch --repeats --out":
+        "5 min on this CPU and writes docs/attention_blocks_896_cpu.json; "
+        "tests/test_attention_blocks.py runs it on the tiny model",
+    "autoselect_jax.benchmarks.shares --widths":
+        "the cost model alone; tests/test_shares.py runs its CLI",
     "autoselect_jax.experiments.synthetic --seeds --out":
         "about 90 min alone; tests/test_experiments.py runs its --quick "
         "setting end to end (slow)",
@@ -134,6 +153,9 @@ SHELL = {
         "as tpu_pod.sh create; CONFIG_OVERRIDES is also flag-checked",
     "PROJECT= WORKER= launch/tpu_pod.sh logs": "as tpu_pod.sh create",
     "PROJECT= launch/tpu_pod.sh delete": "as tpu_pod.sh create",
+    "launch/gpu_bench.sh /tmp/gpu_bench":
+        "needs a GPU (not lent to this machine); tests/test_launch.py runs it "
+        "with DRY_RUN=1 and parses every command it would run",
     "WORKDIR= CONFIG_OVERRIDES= sbatch launch/slurm.sbatch":
         "needs a SLURM cluster; test_launcher_commands runs the batch script "
         "with bash, DRY_RUN=1 and a faked SLURM environment, and "
