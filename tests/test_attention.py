@@ -26,7 +26,7 @@ def _dense(q, k, v, mask=None):
           jnp.mean(probs, axis=(1, 2)))
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 5, 13, 64])  # 13 = N: one block.
+@pytest.mark.parametrize("chunk", [0, 1, 4, 5, 13, 64])  # 0, >= N: dense.
 @pytest.mark.parametrize("masked", [False, True])
 def test_blocked_equals_dense(chunk, masked):
   q, k, v = _qkv()

@@ -62,7 +62,7 @@ def _attend_block(q, k, v, mask, rows):
 
 
 def attend(q, k, v, mask=None, *, query_chunk: int = QUERY_CHUNK):
-  """Softmax attention, `query_chunk` query rows at a time.
+  """Softmax attention, `query_chunk` query rows at a time (0: all at once).
 
   q: (B, N, H, E), already scaled; k, v: (B, N, H, E); mask: optional bool
   (B, N, N), True = may attend. Returns (out (B, N, H, E), the attention each
@@ -86,7 +86,7 @@ def attend(q, k, v, mask=None, *, query_chunk: int = QUERY_CHUNK):
   b, n, h, e = q.shape
   heads = lambda x: jnp.swapaxes(x, 1, 2)                      # (B,H,N,E)
   k, v = heads(k), heads(v)
-  if n <= query_chunk:
+  if query_chunk <= 0 or n <= query_chunk:  # One block: dense.
     out, received = _attend_block(heads(q), k, v, mask,
                                   jnp.ones((n,), jnp.float32))
     return heads(out), received / (h * n)
@@ -144,7 +144,7 @@ class SelfAttention(nn.Module):
       q = dense("query")(x) * jnp.asarray(e ** -0.5, self.dtype)  # (B,N,H,E)
       k, v = dense("key")(x), dense("value")(x)
       chunk = QUERY_CHUNK if self.query_chunk is None else self.query_chunk
-      out, received = attend(q, k, v, mask, query_chunk=chunk or x.shape[1])
+      out, received = attend(q, k, v, mask, query_chunk=chunk)
       if return_attention:
         stats = LastAttention(received=received,
                               keys=k.reshape(*k.shape[:2], d))
