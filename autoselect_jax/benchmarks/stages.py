@@ -72,7 +72,7 @@ def make_stages() -> Stages:
   def make_prefix(vlm, params, visual_features, visual_positions, tokens):
     visual = vlm.project(params, visual_features)
     return vlm.sequence(params, visual, visual_positions,
-                        vlm.num_visual_tokens, tokens, *_prompt_masks(tokens))
+                        vlm.num_visual_tokens, tokens, *prompt_masks(tokens))
 
   @functools.partial(jax.jit, static_argnums=(0, 3))
   def prefill(vlm, params, prefix, cache_size):
@@ -101,7 +101,9 @@ def _ttft_call(setup: StageSetup, k: int, pruned: bool):
       pruner_params=setup.pruner_params if pruned else None)
 
 
-def _prompt_masks(tokens):
+def prompt_masks(tokens):
+  """(input_mask, mask_ar) of a benchmark prompt (B, T): every token real
+  and in the bidirectional prefix."""
   import jax.numpy as jnp
   return jnp.ones(tokens.shape, bool), jnp.zeros(tokens.shape, jnp.int32)
 
@@ -157,7 +159,7 @@ def warm_up(setup: StageSetup, images, tokens, runs, log):
     pre = timed(st.prefill, vlm, params, prefix, length + m)[1]
     timed(st.decode_steps, vlm, params, *pre, m, length)
     ttft = _ttft_call(setup, k, pruned)
-    ttft_args = (vlm, params, images, tokens, *_prompt_masks(tokens))
+    ttft_args = (vlm, params, images, tokens, *prompt_masks(tokens))
     timed(ttft, *ttft_args)
     memory = {"ttft": memory_plan(ttft.func, *ttft_args, **ttft.keywords),
               "prefill": memory_plan(st.prefill, vlm, params, prefix,
@@ -185,5 +187,5 @@ def timed_calls(setup: StageSetup, images, tokens, features, state,
     calls.append((("decode", k, pruned), st.decode_steps,
                   (vlm, params, *run.prefill_out, m, run.length)))
     calls.append((("ttft", k, pruned), _ttft_call(setup, k, pruned),
-                  (vlm, params, images, tokens, *_prompt_masks(tokens))))
+                  (vlm, params, images, tokens, *prompt_masks(tokens))))
   return calls

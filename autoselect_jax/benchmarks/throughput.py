@@ -109,6 +109,7 @@ def make_functions() -> Functions:
   """`Functions`, built once per process (one jit cache for every run)."""
   import jax
   import jax.numpy as jnp
+  from autoselect_jax.benchmarks.stages import prompt_masks
   from autoselect_jax.inference import decode, prune
   greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -118,8 +119,8 @@ def make_functions() -> Functions:
     bidirectional prefix; k = N is the full model (no pruner)."""
     full = k == vlm.num_visual_tokens
     return prune.prefill_images(
-        vlm, params, images, tokens, jnp.ones(tokens.shape, bool),
-        jnp.zeros(tokens.shape, jnp.int32), k=k, new_tokens=new_tokens,
+        vlm, params, images, tokens, *prompt_masks(tokens), k=k,
+        new_tokens=new_tokens,
         pruner=None if full else pruner,
         pruner_params=None if full else pruner_params)[0]
 
