@@ -85,8 +85,9 @@ from autoselect_jax.benchmarks import reference, stages
 from autoselect_jax.benchmarks.records import batch_records
 from autoselect_jax.benchmarks.results import (format_table, header, targets,
                                               write_json)
-from autoselect_jax.benchmarks.timing import (Log, device_peaks,
-                                             process_peak, time_rounds)
+from autoselect_jax.benchmarks.timing import (Log, allocator_hint,
+                                             device_peaks, process_peak,
+                                             time_rounds)
 from autoselect_jax.benchmarks.weights import (init_params, load_params,
                                               scorer_params)
 
@@ -276,7 +277,7 @@ def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
   """Warm-up, then `repeats` interleaved rounds of every stage, of the
   reference and of the `methods` (MethodStages, {name: (pruner, params)}) or
   None: ({key: [seconds]}, the reference's logits error, {run: memory
-  plans})."""
+  plans}, {key: [minor page faults]})."""
   n = config.num_image_tokens
   blog = lambda msg: log(f"batch {b}: {msg}")
   images, tokens = stages.batch_inputs(config, b, n_text, seed)
@@ -293,8 +294,9 @@ def _measure_batch(setup, ref_fn, ref_w, config, b: int, runs, k_ref: int, *,
         mst, setup, pruners, images, features, state[(n, False)].prefix,
         sorted(k for k, pruned in runs if pruned),
         cache_size=n + n_text + setup.decode_tokens, log=blog)
-  return (time_rounds(calls, repeats, blog), err,
-          {run: p.memory for run, p in state.items()})
+  faults = {}
+  times = time_rounds(calls, repeats, blog, faults)
+  return times, err, {run: p.memory for run, p in state.items()}, faults
 
 
 def run_benchmark(config, params, *, dtype_name: str, ks, batches,
@@ -338,9 +340,9 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
     mset = (method_stages.make_method_stages(), pruners)
     out["methods"] = method_stages.header(methods, fastv_layer)
   for b in batches:
-    times, err, memory = _measure_batch(setup, ref_fn, ref_w, config, b, runs, ks[0],
-                                n_text=n_text, repeats=repeats, seed=seed,
-                                log=log, methods=mset)
+    times, err, memory, faults = _measure_batch(
+        setup, ref_fn, ref_w, config, b, runs, ks[0], n_text=n_text,
+        repeats=repeats, seed=seed, log=log, methods=mset)
     if mset is not None:
       out["methods"]["records"].extend(method_stages.method_records(
           methods, mset[1], b, n, n_text, ks, times))
@@ -348,7 +350,7 @@ def run_benchmark(config, params, *, dtype_name: str, ks, batches,
     records = batch_records(config, setup.method.scorer, b, n_text,
                             decode_tokens, dtype.itemsize, runs, times,
                             out["peak_flops"], out["peak_bandwidth"],
-                            memory, peak_bytes)
+                            memory, peak_bytes, faults)
     out["records"].extend(records)
     project = next(r for r in records if r["pruned"] and r["k"] == ks[0])
     out["reference"].append(reference.reference_entry(
@@ -389,6 +391,9 @@ def _run(args, argv, config) -> int:
   log = Log()
   dtype = jnp.dtype(args.dtype)
   log(f"initialising parameters ({args.dtype}) on {jax.devices()[0]}")
+  hint = allocator_hint(jax.devices()[0].platform)
+  if hint:
+    log(hint)
   if args.checkpoint:
     from autoselect_jax.checkpoints import store
     params = load_params(args.checkpoint, config,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,8 @@ RECORD_FIELDS = [
     "roofline_ideal_speedup", "roofline_fraction", "pruner_share",
     "pruner_flop_share", "ttft_ms", "ttft_sum_ms", "ttft_speedup",
     "ttft_roofline_ideal_speedup", "ttft_roofline_fraction",
-    "ttft_memory_bytes", "prefill_memory_bytes", "process_peak_bytes"]
+    "ttft_memory_bytes", "prefill_memory_bytes", "process_peak_bytes",
+    "ttft_minor_faults", "pruner_minor_faults"]
 TIMED = ["encode_ms", "pruner_ms", "prefill_ms", "decode_ms_per_token",
          "ttft_ms"]
 
@@ -101,7 +103,8 @@ TOP_KEYS = [
     "variant", "command", "device", "layer_layout", "platform", "dtype",
     "n_visual", "n_text", "decode_tokens", "repeats", "llm_layers",
     "vision_layers", "peak_flops", "peak_bandwidth", "peak_kernels", "pruner",
-    "scorer_width", "query_chunk", "process_peak_source", "records",
+    "scorer_width", "query_chunk", "process_peak_source", "host_allocator",
+    "records",
     "reference", "targets", "complete"]
 RECORD_KEYS = [
     "k", "batch", "pruned", "n_visual", "prefix_length"] + [
@@ -113,7 +116,8 @@ RECORD_KEYS = [
     "ttft_sum_ms", "ttft_speedup", "ttft_flops", "ttft_bytes",
     "ttft_roofline_ms", "ttft_roofline_ideal_speedup",
     "ttft_roofline_fraction", "ttft_roofline_fraction_abs",
-    "ttft_memory_bytes", "prefill_memory_bytes", "process_peak_bytes"]
+    "ttft_memory_bytes", "prefill_memory_bytes", "process_peak_bytes",
+    "ttft_minor_faults", "pruner_minor_faults"]
 REFERENCE_KEYS = [
     "batch", "k", "full_length", "pruned_length", "full_ms", "pruned_ms",
     "speedup", "logits_rel_err_vs_project", "vs_reference",
@@ -141,6 +145,33 @@ def test_time_rounds_interleaves_every_call_per_round():
   assert logged == ["round 1/3", "round 2/3", "round 3/3"]
   assert list(times) == ["a", ("b", 1), "c"]
   assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
+
+
+def test_time_rounds_counts_the_page_faults_of_each_call():
+  """A call that touches fresh memory faults its pages in; one that does not,
+  (almost) none."""
+  fresh = lambda: b"\1" * (64 * 2 ** 20)  # 64 MiB, mapped anew and written.
+  faults = {}
+  timing.time_rounds([("fresh", fresh, ()), ("none", lambda: None, ())], 2,
+                     lambda _: None, faults)
+  assert list(faults) == ["fresh", "none"]
+  assert min(faults["fresh"]) >= 64 * 2 ** 20 // 4096 // 2
+  assert max(faults["none"]) < 100
+
+
+def test_host_allocator_records_the_malloc_environment(monkeypatch):
+  for name in list(os.environ):
+    if name.startswith(timing.ALLOCATOR_ENV_PREFIXES):
+      monkeypatch.delenv(name)
+  assert timing.host_allocator() == {}
+  assert "MALLOC_MMAP_MAX_=0" in timing.allocator_hint("cpu")
+  assert timing.allocator_hint("gpu") is None
+  monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp")     # Not recorded.
+  assert timing.host_allocator() == {
+      "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0", "MALLOC_ARENA_MAX": "1"}
+  assert timing.allocator_hint("cpu") is None   # The user chose settings.
 
 
 def test_prefill_cost_matches_a_hand_count():
@@ -327,7 +358,8 @@ def methods_run(tmp_path_factory):
 def test_methods_json_has_a_record_per_method_and_k(methods_run):
   res = methods_run
   # The core JSON is unchanged; the methods block comes after `reference`.
-  assert list(res) == TOP_KEYS[:21] + ["methods"] + TOP_KEYS[21:]
+  at = TOP_KEYS.index("targets")
+  assert list(res) == TOP_KEYS[:at] + ["methods"] + TOP_KEYS[at:]
   assert all(list(r) == RECORD_KEYS for r in res["records"])
   block = res["methods"]
   assert block["names"] == ALL_METHODS and block["fastv_layer"] == 1

@@ -23,7 +23,7 @@ TOP_KEYS = [
     "variant", "command", "benchmark", "device", "platform", "dtype",
     "layer_layout", "n_visual", "n_text", "new_tokens", "repeats",
     "llm_layers", "vision_layers", "scorer_width", "kv_bytes_per_slot",
-    "process_peak_source", "definitions", "records", "max_batch", "complete"]
+    "process_peak_source", "host_allocator", "definitions", "records", "max_batch", "complete"]
 RECORD_KEYS = [
     "k", "pruned", "batch", "n_visual", "n_text", "new_tokens", "cache_slots",
     "kv_cache_bytes_per_request", "kv_cache_bytes_per_batch", "total_s",

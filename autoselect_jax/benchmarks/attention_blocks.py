@@ -11,8 +11,9 @@ are compiled with that chunk: `vlm.encode_image` (images -> features) and the
 pruner (Scorer, top-K, gather of the kept features). Every round times each
 (stage, chunk) once, interleaved, after a warm-up. Each record holds the
 median / min / max ms, XLA's temporary bytes of the compiled call
-(`memory_analysis`), and the largest absolute difference of its output from
-the first chunk's: blocks change the memory and the speed, not the result.
+(`memory_analysis`), the minor page faults per call, and the largest
+absolute difference of its output from the first chunk's: blocks change the
+memory and the speed, not the result.
 Weights are random (`benchmarks.weights`).
 
 Axes: B batch, N visual tokens, K kept, Dv vision width.
@@ -78,10 +79,16 @@ def run(args, log=print) -> dict:
   import jax.numpy as jnp
   import numpy as np
   from autoselect_jax.benchmarks.stages import batch_inputs
-  from autoselect_jax.benchmarks.timing import stats, time_rounds, timed
+  import statistics
+  from autoselect_jax.benchmarks.timing import (allocator_hint,
+                                                 host_allocator, stats,
+                                                 time_rounds, timed)
   from autoselect_jax.benchmarks.weights import init_params, scorer_params
   from autoselect_jax.method import AutoSelect, Scorer
   from autoselect_jax.models import VLM, attention, get_variant
+  hint = allocator_hint(jax.devices()[0].platform)
+  if hint:
+    log(hint)
   config = get_variant(args.variant)
   config = config.replace(vision=dataclasses.replace(
       config.vision, depth=args.vision_layers))
@@ -112,7 +119,8 @@ def run(args, log=print) -> dict:
         calls.append(((name, chunk), fn, fargs))
   finally:
     attention.QUERY_CHUNK = previous
-  times = time_rounds(calls, args.repeats, log)
+  faults = {}
+  times = time_rounds(calls, args.repeats, log, faults)
   first = outputs[args.chunks[0]]
   dev = jax.devices()[0]
   records = []
@@ -121,6 +129,7 @@ def run(args, log=print) -> dict:
     for i, name in enumerate(("encode", "pruner")):
       rec.update(stats(times[(name, chunk)], f"{name}_ms"))
       rec[f"{name}_temp_bytes"] = memory[(name, chunk)]
+      rec[f"{name}_minor_faults"] = statistics.median(faults[(name, chunk)])
       rec[f"{name}_max_abs_diff"] = float(np.max(np.abs(
           outputs[chunk][i] - first[i])))
     records.append(rec)
@@ -128,7 +137,8 @@ def run(args, log=print) -> dict:
           "variant": args.variant, "vision_layers": args.vision_layers,
           "n_visual": n, "k": k, "batch": args.batch, "dtype": args.dtype,
           "scorer_width": args.scorer_width or config.vision.width,
-          "repeats": args.repeats, "records": records}
+          "repeats": args.repeats, "host_allocator": host_allocator(),
+          "records": records}
 
 
 def format_table(res: dict) -> str:
@@ -137,7 +147,8 @@ def format_table(res: dict) -> str:
            f"K={res['k']}  batch {res['batch']}  Scorer width "
            f"{res['scorer_width']}  repeats {res['repeats']}",
            "| query chunk | encode ms | pruner ms | encode temp MB | "
-           "pruner temp MB | max diff vs first |", "|---|---|---|---|---|---|"]
+           "pruner temp MB | page faults per call (encode / pruner) | "
+           "max diff vs first |", "|---|---|---|---|---|---|---|"]
   for r in res["records"]:
     diff = max(r["encode_max_abs_diff"], r["pruner_max_abs_diff"])
     lines.append(
@@ -145,7 +156,9 @@ def format_table(res: dict) -> str:
         f"[{r['encode_ms_min']:.0f}-{r['encode_ms_max']:.0f}] | "
         f"{r['pruner_ms']:.0f} [{r['pruner_ms_min']:.0f}-"
         f"{r['pruner_ms_max']:.0f}] | {r['encode_temp_bytes'] / 2**20:.0f} | "
-        f"{r['pruner_temp_bytes'] / 2**20:.0f} | {diff:.1e} |")
+        f"{r['pruner_temp_bytes'] / 2**20:.0f} | "
+        f"{r['encode_minor_faults']:.0f} / {r['pruner_minor_faults']:.0f} | "
+        f"{diff:.1e} |")
   return "\n".join(lines)
 
 

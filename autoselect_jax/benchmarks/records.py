@@ -7,13 +7,16 @@ against the device peaks measured in the same run.
 
 from __future__ import annotations
 
+import statistics
+
 from autoselect_jax.benchmarks.timing import stats
 
 
 def batch_records(config, scorer, batch: int, n_text: int, decode_tokens: int,
                   itemsize: int, runs, times, peak_flops: float,
                   peak_bandwidth: float, memory=None,
-                  process_peak_bytes: float = 0.0) -> list[dict]:
+                  process_peak_bytes: float = 0.0,
+                  faults=None) -> list[dict]:
   """One record per run (k, pruned), in `runs` order.
 
   scorer: the `Scorer` module (its width, depth and MLP ratio feed the cost
@@ -22,7 +25,9 @@ def batch_records(config, scorer, batch: int, n_text: int, decode_tokens: int,
   full run (N, False) must be among `runs`. Times are medians / min / max in
   ms; speedups are over the full model of the same batch. memory: {run:
   {"ttft": plan, "prefill": plan}} (`stages.memory_plan`); process_peak_bytes:
-  the process's high-water mark after the batch (`timing.process_peak`).
+  the process's high-water mark after the batch (`timing.process_peak`);
+  faults: `time_rounds`'s minor page faults per call, {key: [count]}, whose
+  medians become `ttft_minor_faults` and `pruner_minor_faults`.
 
   TTFT is measured as one call (`prune.prefill_images`, pixels to the first
   token's logits); `ttft_sum_ms` is the sum of the stage medians beside it.
@@ -81,5 +86,9 @@ def batch_records(config, scorer, batch: int, n_text: int, decode_tokens: int,
     rec["prefill_memory_bytes"] = plans.get("prefill", {}).get(
         "total_bytes", 0)
     rec["process_peak_bytes"] = process_peak_bytes
+    if faults:
+      rec["ttft_minor_faults"] = statistics.median(faults[("ttft", k, pruned)])
+      rec["pruner_minor_faults"] = (
+          statistics.median(faults[("pruner", k)]) if pruned else 0)
     records.append(rec)
   return records

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from autoselect_jax.benchmarks.timing import process_peak
+from autoselect_jax.benchmarks.timing import host_allocator, process_peak
 
 # Targets (the `targets` block of the JSON).
 ROOFLINE_TARGET = 0.9       # pruned prefill speedup / roofline ideal, smallest K
@@ -36,6 +36,7 @@ def header(device, config, *, dtype_name: str, n_text: int,
       "scorer_width": scorer_width or config.vision.width,
       "query_chunk": query_chunk,
       "process_peak_source": process_peak(device)[0],
+      "host_allocator": host_allocator(),
       "records": [], "reference": [],
   }
 

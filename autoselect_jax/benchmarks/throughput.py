@@ -265,7 +265,8 @@ def run_throughput(config, params, *, dtype_name: str, ks, batches,
   import jax
   import jax.numpy as jnp
   from autoselect_jax.benchmarks.stages import batch_inputs, memory_plan
-  from autoselect_jax.benchmarks.timing import process_peak, time_rounds, timed
+  from autoselect_jax.benchmarks.timing import (host_allocator, process_peak,
+                                                 time_rounds, timed)
   dtype = jnp.dtype(dtype_name)
   dev = jax.devices()[0]
   n = config.num_image_tokens
@@ -282,6 +283,7 @@ def run_throughput(config, params, *, dtype_name: str, ks, batches,
          "scorer_width": setup.scorer_width,
          "kv_bytes_per_slot": kv_cache_bytes(config.llm, 1, dtype.itemsize),
          "process_peak_source": process_peak(dev)[0],
+         "host_allocator": host_allocator(),
          "definitions": dict(DEFINITIONS), "records": []}
   budget, source, note = memory_budget(memory_budget_gb, dev)
   fits = memory_fits(fns, setup, config, runs, n_text=n_text,

@@ -43,6 +43,44 @@ def process_peak(device) -> tuple[str, float]:
   return "process peak RSS", float(kib * 1024)
 
 
+# Environment variables that change how the host allocates memory. On XLA
+# CPU they change speed: see docs/benchmark.md, "The host allocator".
+ALLOCATOR_ENV_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def host_allocator() -> dict:
+  """The allocator settings this process started with ({name: value} of the
+  MALLOC_* / GLIBC_TUNABLES / LD_PRELOAD variables; {} = glibc's defaults),
+  recorded beside CPU timings because they move them."""
+  import os
+  return {k: v for k, v in sorted(os.environ.items())
+          if k.startswith(ALLOCATOR_ENV_PREFIXES)}
+
+
+# glibc settings under which XLA CPU's large temporaries are reused instead of
+# mapped afresh (and page-faulted in) on every call: one arena (a thread's own
+# arena cannot hold a buffer over 64 MiB and maps it), no mmap, no trimming.
+CPU_ALLOCATOR_ENV = ("MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 "
+                     "MALLOC_TRIM_THRESHOLD_=17179869184")
+
+
+def allocator_hint(platform: str) -> str | None:
+  """A line for the log when CPU timings run under glibc's default allocator
+  (None on other platforms or when allocator variables are set)."""
+  if platform != "cpu" or host_allocator():
+    return None
+  return ("glibc's default allocator: on XLA CPU, temporaries over 32 MiB are "
+          "mapped and page-faulted in on every call; for timings run with "
+          f"{CPU_ALLOCATOR_ENV} (docs/benchmark.md, 'The host allocator')")
+
+
+def minor_faults() -> int:
+  """Minor page faults of this process so far (first touches of fresh
+  memory: on CPU, memory the allocator mapped anew)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def stats(seconds: list[float], name: str, scale: float = 1.0) -> dict:
   """Median / min / max in milliseconds, as name, name_min, name_max."""
   ms = [s * 1e3 / scale for s in seconds]
@@ -92,15 +130,19 @@ def device_peaks(dtype, device, log) -> tuple[dict, dict]:
   return peak, bw
 
 
-def time_rounds(calls, repeats: int, log) -> dict:
+def time_rounds(calls, repeats: int, log, faults: dict | None = None) -> dict:
   """{key: [seconds per round]} of `calls`, a list of (key, fn, args).
 
   Interleaved: each round calls every function once, in order, so load
-  drifting on a shared machine hits all of them alike.
+  drifting on a shared machine hits all of them alike. faults: if given, a
+  dict filled with {key: [minor page faults per round]} (`minor_faults`).
   """
   times = {}
   for r in range(repeats):
     log(f"round {r + 1}/{repeats}")
     for key, fn, args in calls:
+      before = minor_faults()
       times.setdefault(key, []).append(timed(fn, *args)[0])
+      if faults is not None:
+        faults.setdefault(key, []).append(minor_faults() - before)
   return times
